@@ -1,0 +1,62 @@
+# inboxd: build, test and install. GNU make.
+
+GO          ?= go
+BINARY      := bin/inboxd
+PKG         := github.com/inboxd/inboxd
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X $(PKG)/daemon/cli.version=$(VERSION)
+# Flags for `make test`; override for a quick run, e.g. make test GOTEST_FLAGS=-short
+GOTEST_FLAGS ?= -race -shuffle=on -timeout 20m
+
+# Install locations; DESTDIR prefixes all of them (packaging).
+DESTDIR     ?=
+BINDIR      ?= /usr/local/bin
+UNITDIR     ?= /etc/systemd/system
+CONFDIR     ?= /etc/inboxd
+
+.DEFAULT_GOAL := build
+.PHONY: build run test bench lint install clean
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINARY) .
+
+# No configuration: embedded stores under ./data.
+run: build
+	./$(BINARY) serve
+
+# Installs missing Debian packages first (as root), then runs every test with
+# the real servers required: a missing server fails instead of skipping.
+test:
+	scripts/test-deps.sh
+	INBOXD_REQUIRE_SERVICES=1 $(GO) test $(GOTEST_FLAGS) ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+lint:
+	$(GO) vet ./...
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt: these files are not formatted (run gofmt -w):"; echo "$$unformatted"; exit 1; \
+	fi
+
+# Never overwrites a configuration: the examples are always refreshed, the
+# real files are created from them only when absent. The TOML file is read by
+# the service's dynamic user (world-readable, no secrets in it); the env file by
+# systemd as root (0600: secrets go there).
+install: build
+	install -D -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/inboxd
+	install -D -m 0644 systemd/inboxd.service $(DESTDIR)$(UNITDIR)/inboxd.service
+	install -D -m 0644 contrib/examples/inboxd.toml $(DESTDIR)$(CONFDIR)/inboxd.toml.example
+	install -D -m 0600 systemd/inboxd.env.example $(DESTDIR)$(CONFDIR)/inboxd.env.example
+	@if [ -e $(DESTDIR)$(CONFDIR)/inboxd.toml ]; then \
+		echo "kept existing $(DESTDIR)$(CONFDIR)/inboxd.toml"; \
+	else install -m 0644 contrib/examples/inboxd.toml $(DESTDIR)$(CONFDIR)/inboxd.toml; fi
+	@if [ -e $(DESTDIR)$(CONFDIR)/inboxd.env ]; then \
+		echo "kept existing $(DESTDIR)$(CONFDIR)/inboxd.env"; \
+	else install -m 0600 systemd/inboxd.env.example $(DESTDIR)$(CONFDIR)/inboxd.env; fi
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now inboxd"
+
+clean:
+	rm -rf bin/
+	rm -f coverage.out coverage.html *.coverprofile

@@ -1,0 +1,103 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/inboxd/inboxd/daemon/mail"
+	"github.com/inboxd/inboxd/daemon/settings"
+	"github.com/inboxd/inboxd/daemon/users"
+)
+
+// testIMAPTimeout bounds a whole test-imap call (connect, login, select).
+const testIMAPTimeout = 20 * time.Second
+
+func (s *Server) me(w http.ResponseWriter, _ *http.Request, u users.User) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"id": u.ID, "email": u.Email, "display_name": u.DisplayName,
+		"admin": s.d.Auth.IsAdmin(u), "created_at": u.CreatedAt,
+	})
+}
+
+func (s *Server) getSettings(w http.ResponseWriter, r *http.Request, u users.User) {
+	st, err := s.d.Settings.Get(r.Context(), u.ID)
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, settings.View(st))
+}
+
+func (s *Server) putSettings(w http.ResponseWriter, r *http.Request, u users.User) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	patch, err := settings.DecodePatch(body)
+	if err == nil {
+		err = s.d.Settings.Update(r.Context(), u.ID, patch)
+	}
+	if s.settingsError(w, r, err) {
+		return
+	}
+	s.getSettings(w, r, u)
+}
+
+// settingsError answers a validation error as 400 naming the field, any
+// other error as 500. It reports whether it answered.
+func (s *Server) settingsError(w http.ResponseWriter, r *http.Request, err error) bool {
+	if err == nil {
+		return false
+	}
+	var ve *settings.ValidationError
+	if errors.As(err, &ve) {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"error": map[string]string{
+			"code": "invalid_setting", "field": ve.Field, "message": ve.Field + ": " + ve.Message,
+		}})
+		return true
+	}
+	s.internalError(w, r, err)
+	return true
+}
+
+// testIMAP tries the posted settings laid over the stored ones (an empty body
+// tests the stored ones as they are). The password is never echoed.
+func (s *Server) testIMAP(w http.ResponseWriter, r *http.Request, u users.User) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	st, err := s.d.Settings.Get(r.Context(), u.ID)
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	if len(bytes.TrimSpace(body)) > 0 {
+		patch, err := settings.DecodePatch(body)
+		if err == nil {
+			st, err = settings.Apply(st, patch)
+		}
+		if s.settingsError(w, r, err) {
+			return
+		}
+	}
+	acct := st.IMAPAccount()
+	if err := acct.Validate(); err != nil {
+		writeJSON(w, http.StatusOK, mail.TestResult{Error: &mail.TestError{Class: "protocol", Message: err.Error()}})
+		return
+	}
+	if acct.Password == "" && acct.OAuthToken == "" {
+		writeJSON(w, http.StatusOK, mail.TestResult{Error: &mail.TestError{Class: "auth", Message: "imap_password: not set"}})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), testIMAPTimeout)
+	defer cancel()
+	res := mail.TestConnection(ctx, acct, s.d.IMAPDial)
+	if !res.OK {
+		s.d.Logger.Info("imap test failed", "user_id", u.ID, "class", res.Error.Class)
+	}
+	writeJSON(w, http.StatusOK, res)
+}

@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/inboxd/inboxd/daemon/config"
+	"github.com/inboxd/inboxd/daemon/secretbox"
+	"github.com/inboxd/inboxd/daemon/storage/kv"
+	"github.com/inboxd/inboxd/daemon/storage/sqldb"
+	"github.com/inboxd/inboxd/daemon/users"
+)
+
+// stores are the opened backends every command that touches data needs.
+type stores struct {
+	sql   *sqldb.DB
+	kv    kv.Store
+	users *users.Store
+	box   *secretbox.Box
+}
+
+// openStores creates the data directory, loads (or creates) the secret key,
+// opens the SQL database (applying migrations) and the KV.
+func openStores(ctx context.Context, cfg *config.Config) (*stores, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+	}
+	key, err := secretbox.LoadOrCreateKey(cfg.SecretKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("secret_key_file: %w", err)
+	}
+	box, err := secretbox.New(key)
+	if err != nil {
+		return nil, fmt.Errorf("secret_key_file: %w", err)
+	}
+	db, err := sqldb.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database_url: %w", err)
+	}
+	if err := db.Migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database_url: %w", err)
+	}
+	var store kv.Store
+	if cfg.KVURL == "embedded" {
+		store = kv.NewSQL(db)
+	} else if store, err = kv.NewRedis(ctx, cfg.KVURL); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("kv_url: %w", err)
+	}
+	return &stores{sql: db, kv: store, users: users.NewStore(db), box: box}, nil
+}
+
+// Close closes the KV, then the database.
+func (s *stores) Close() error {
+	return errors.Join(s.kv.Close(), s.sql.Close())
+}
+
+// loadConfig loads the configuration the way every command does.
+func loadConfig(env Env, path string) (*config.Config, error) {
+	return config.Load(path, env.Getenv)
+}
+
+// newLogger builds the daemon's slog logger: JSON unless log.format says
+// text or (when unset) the output is a terminal.
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Log.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	format := cfg.Log.Format
+	if format == "" {
+		format = "json"
+		if isTerminal(w) {
+			format = "text"
+		}
+	}
+	if strings.EqualFold(format, "text") {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
