@@ -1,0 +1,2 @@
+-- workflows, instances, step runs: written with the workflow engine
+SELECT 1;

@@ -1,0 +1,2 @@
+-- the agent log
+SELECT 1;

@@ -1,0 +1,2 @@
+-- embedded vector store
+SELECT 1;
