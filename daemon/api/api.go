@@ -15,10 +15,13 @@ import (
 	"time"
 
 	"github.com/inboxd/inboxd/daemon/auth"
+	"github.com/inboxd/inboxd/daemon/logs"
 	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/metrics"
 	"github.com/inboxd/inboxd/daemon/settings"
+	"github.com/inboxd/inboxd/daemon/tools"
 	"github.com/inboxd/inboxd/daemon/users"
+	"github.com/inboxd/inboxd/daemon/workflow"
 )
 
 // maxBodyBytes caps every request body: settings and workflows are small.
@@ -35,9 +38,14 @@ type Deps struct {
 	Auth     *auth.Authenticator
 	Users    *users.Store
 	Settings *settings.Store
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
-	Ready    []Check
+	// Workflows and Logs may be nil in tests of other routes; their routes
+	// are registered only when set.
+	Workflows *workflow.Store
+	Logs      *logs.Store
+	Tools     tools.Caller
+	Metrics   *metrics.Metrics
+	Logger    *slog.Logger
+	Ready     []Check
 	// IMAPDial tunes test-imap connections (timeouts, TLS roots); zero is fine.
 	IMAPDial mail.DialOptions
 }
@@ -75,6 +83,13 @@ func (s *Server) routes() {
 	s.user("GET /api/v1/settings", s.getSettings)
 	s.user("PUT /api/v1/settings", s.putSettings)
 	s.user("POST /api/v1/settings/test-imap", s.testIMAP)
+
+	if s.d.Workflows != nil {
+		s.workflowRoutes()
+	}
+	if s.d.Logs != nil {
+		s.logRoutes()
+	}
 
 	s.admin("GET /api/v1/users", s.listUsers)
 	s.admin("POST /api/v1/users", s.createUser)

@@ -1,0 +1,4 @@
+package api
+
+// logRoutes registers the agent log routes.
+func (s *Server) logRoutes() {}
