@@ -111,6 +111,46 @@ func runContract(t *testing.T, newStore func(t *testing.T) kv.Store) {
 		check(t, s.Ping(ctx))
 	})
 
+	t.Run("CompareAndSwapDelete", func(t *testing.T) {
+		s := newStore(t)
+		const lease = "lease:poll:00000000-0000-0000-0000-000000000001"
+		ok, err := s.CompareAndSwap(ctx, lease, "a", "b", time.Minute)
+		check(t, err)
+		if ok {
+			t.Fatal("CompareAndSwap on a missing key succeeded")
+		}
+		won, err := s.SetNX(ctx, lease, "replica-1", short)
+		check(t, err)
+		if !won {
+			t.Fatal("SetNX on a missing key failed")
+		}
+		if ok, _ := s.CompareAndSwap(ctx, lease, "replica-2", "replica-2", time.Minute); ok {
+			t.Fatal("CompareAndSwap with the wrong old value succeeded")
+		}
+		if ok, _ := s.CompareAndDelete(ctx, lease, "replica-2"); ok {
+			t.Fatal("CompareAndDelete with the wrong old value succeeded")
+		}
+		// Renewal extends the expiry beyond the first ttl.
+		if ok, err := s.CompareAndSwap(ctx, lease, "replica-1", "replica-1", time.Minute); err != nil || !ok {
+			t.Fatalf("renewal: %v %v", ok, err)
+		}
+		time.Sleep(2 * short)
+		mustGet(t, s, lease, "replica-1")
+		if ok, err := s.CompareAndDelete(ctx, lease, "replica-1"); err != nil || !ok {
+			t.Fatalf("release: %v %v", ok, err)
+		}
+		mustMissing(t, s, lease)
+		// An expired value cannot be swapped or deleted by its old holder.
+		check(t, s.Set(ctx, lease, "replica-1", short))
+		time.Sleep(2 * short)
+		if ok, _ := s.CompareAndSwap(ctx, lease, "replica-1", "replica-1", time.Minute); ok {
+			t.Fatal("CompareAndSwap renewed an expired lease")
+		}
+		if ok, _ := s.CompareAndDelete(ctx, lease, "replica-1"); ok {
+			t.Fatal("CompareAndDelete deleted an expired value")
+		}
+	})
+
 	t.Run("SetGetOverwrite", func(t *testing.T) {
 		s := newStore(t)
 		for _, v := range []string{"one", "two", "", "ünïcödé 😀", strings.Repeat("x", 64<<10)} {

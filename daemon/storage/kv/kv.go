@@ -30,6 +30,12 @@ type Store interface {
 	// SetNX stores value only if key is absent (or expired), with expiry ttl (> 0).
 	// It reports whether it stored the value. Leases use it.
 	SetNX(ctx context.Context, key, value string, ttl time.Duration) (bool, error)
+	// CompareAndSwap sets key to value with expiry ttl (> 0) only if its live
+	// value is old, and reports whether it did. Leases renew with it.
+	CompareAndSwap(ctx context.Context, key, old, value string, ttl time.Duration) (bool, error)
+	// CompareAndDelete deletes key only if its live value is old, and reports
+	// whether it did. Leases are released with it.
+	CompareAndDelete(ctx context.Context, key, old string) (bool, error)
 	// Incr adds delta to the integer value of key (absent counts as 0) and returns the result.
 	Incr(ctx context.Context, key string, delta int64) (int64, error)
 	// Scan returns every live key starting with prefix, with its value.

@@ -121,6 +121,34 @@ func (s *RedisStore) SetNX(ctx context.Context, key, value string, ttl time.Dura
 	return ok, nil
 }
 
+// casScript and cadScript compare and act atomically inside Redis.
+const (
+	casScript = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) and 1 else return 0 end`
+	cadScript = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end`
+)
+
+// CompareAndSwap sets key to value with expiry ttl if it holds old (a Lua script).
+func (s *RedisStore) CompareAndSwap(ctx context.Context, key, old, value string, ttl time.Duration) (bool, error) {
+	if ttl <= 0 {
+		return false, fmt.Errorf("kv: compare-and-swap %q: ttl must be positive, got %v", key, ttl)
+	}
+	ms := max(ttl.Milliseconds(), 1)
+	n, err := s.c.Eval(ctx, casScript, []string{key}, old, value, ms).Int()
+	if err != nil {
+		return false, fmt.Errorf("kv: compare-and-swap %q: %w", key, err)
+	}
+	return n == 1, nil
+}
+
+// CompareAndDelete deletes key if it holds old (a Lua script).
+func (s *RedisStore) CompareAndDelete(ctx context.Context, key, old string) (bool, error) {
+	n, err := s.c.Eval(ctx, cadScript, []string{key}, old).Int()
+	if err != nil {
+		return false, fmt.Errorf("kv: compare-and-delete %q: %w", key, err)
+	}
+	return n == 1, nil
+}
+
 // Incr is INCRBY; it keeps the key's expiry.
 func (s *RedisStore) Incr(ctx context.Context, key string, delta int64) (int64, error) {
 	n, err := s.c.IncrBy(ctx, key, delta).Result()

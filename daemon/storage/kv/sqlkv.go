@@ -190,6 +190,39 @@ func (s *SQLStore) SetNX(ctx context.Context, key, value string, ttl time.Durati
 	return n == 1, nil
 }
 
+// CompareAndSwap replaces a live value equal to old, in one statement.
+func (s *SQLStore) CompareAndSwap(ctx context.Context, key, old, value string, ttl time.Duration) (bool, error) {
+	if ttl <= 0 {
+		return false, fmt.Errorf("kv: compare-and-swap %q: ttl must be positive, got %v", key, ttl)
+	}
+	res, err := s.db.ExecContext(ctx, s.db.Rebind(
+		"UPDATE kv SET value = ?, expires_at = ? WHERE key = ? AND value = ? AND (expires_at IS NULL OR expires_at > ?)"),
+		value, expiresAt(ttl), key, old, nowMS())
+	if err != nil {
+		return false, fmt.Errorf("kv: compare-and-swap %q: %w", key, err)
+	}
+	return affectedOne(res, "compare-and-swap", key)
+}
+
+// CompareAndDelete deletes a live value equal to old, in one statement.
+func (s *SQLStore) CompareAndDelete(ctx context.Context, key, old string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, s.db.Rebind(
+		"DELETE FROM kv WHERE key = ? AND value = ? AND (expires_at IS NULL OR expires_at > ?)"),
+		key, old, nowMS())
+	if err != nil {
+		return false, fmt.Errorf("kv: compare-and-delete %q: %w", key, err)
+	}
+	return affectedOne(res, "compare-and-delete", key)
+}
+
+func affectedOne(res sql.Result, op, key string) (bool, error) {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("kv: %s %q: %w", op, key, err)
+	}
+	return n == 1, nil
+}
+
 // Incr adds delta to the integer at key (absent or expired counts as 0) and
 // returns the result. A live key keeps its expiry, as in Redis. A value that
 // is not a base-10 int64, or a result that overflows, is an error and leaves
