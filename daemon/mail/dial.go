@@ -1,9 +1,13 @@
-// Package mail owns IMAP access: dialing and login, connection testing and the
-// classification of IMAP errors for users. Later work adds connection pools,
-// folders, message parsing and threading here.
+// Package mail owns IMAP access: dialing and login, connection testing, the
+// classification of IMAP errors for users, a per-user connection pool,
+// folder resolution by role, message parsing, threading, the thread-as-
+// markdown format and contextual message ids.
 //
-// Nothing in this package logs, and no error it returns contains an account's
-// password or OAuth token, even when a server echoes them back.
+// Nothing in this package logs except the Pool, at debug level through the
+// logger it is given, and then only keys and reasons. No log record or error
+// contains message content (parse warnings name at most a declared charset),
+// and no error contains an account's password or OAuth token, even when a
+// server echoes them back.
 package mail
 
 import (
@@ -90,6 +94,9 @@ type DialOptions struct {
 	// roots. An empty ServerName is set to Account.Server. The config is
 	// cloned, never modified.
 	TLSConfig *tls.Config
+	// Unilateral receives the server's unsolicited responses (EXISTS while
+	// idling): the IDLE watcher sets it. Nil ignores them.
+	Unilateral *imapclient.UnilateralDataHandler
 }
 
 // ErrorClass says which stage of reaching an IMAP server failed.
@@ -303,7 +310,7 @@ func (d *dialer) dial(ctx context.Context, opts DialOptions) (*imapclient.Client
 	if d.acct.Security != SecurityNone {
 		tlsConfig = d.tlsConfig(opts.TLSConfig)
 	}
-	clientOpts := &imapclient.Options{TLSConfig: tlsConfig}
+	clientOpts := &imapclient.Options{TLSConfig: tlsConfig, UnilateralDataHandler: opts.Unilateral}
 
 	// The recorder keeps the server's first line: imapclient reports a bad
 	// or refusing greeting only as flattened text (or, racily, as a closed
