@@ -9,6 +9,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/inboxd/inboxd/daemon/llm"
 	"github.com/inboxd/inboxd/daemon/userid"
 )
 
@@ -16,6 +17,11 @@ var (
 	// ErrNotFound: no such workflow or instance for this user (another
 	// user's object is reported the same way).
 	ErrNotFound = errors.New("workflow: not found")
+
+	// ErrLostClaim: the runner no longer holds the instance's claim (its
+	// lease expired and another runner took it, or the run ended), so it
+	// must stop without writing.
+	ErrLostClaim = errors.New("workflow: claim lost")
 )
 
 // ValidationError names the part of a workflow that was refused; the API
@@ -152,9 +158,22 @@ type Instance struct {
 	IdempotencyKey string       `json:"idempotency_key,omitempty"`
 	Error          string       `json:"error"`
 	CreatedAt      time.Time    `json:"created_at"`
-	StartedAt      time.Time    `json:"started_at,omitzero"`
-	FinishedAt     time.Time    `json:"finished_at,omitzero"`
+	StartedAt      time.Time    `json:"started_at,omitzero"`  // the first claim
+	FinishedAt     time.Time    `json:"finished_at,omitzero"` // zero until the run ends
 	Steps          []StepRun    `json:"steps"`
+
+	// WorkflowTrigger is the snapshot of the workflow's trigger (for the LLM
+	// gate), taken with the steps when the instance was created.
+	WorkflowTrigger *Trigger `json:"workflow_trigger,omitempty"`
+	// CancelRequested is set by RequestCancel on a running instance; the
+	// runner that holds it ends it as cancelled.
+	CancelRequested bool `json:"cancel_requested"`
+	// Attempts counts claims: more than one means the run was resumed after
+	// a crash or a shutdown.
+	Attempts int `json:"attempts"`
+	// LogID is the id of the run's "workflow" row in the agent log ("" until
+	// the first claim wrote it).
+	LogID string `json:"log_id,omitempty"`
 }
 
 // StepRun is the record of one step of one instance.
@@ -168,6 +187,7 @@ type StepRun struct {
 	Input      string    `json:"input"`
 	Output     string    `json:"output"`
 	Error      string    `json:"error"`
+	Usage      llm.Usage `json:"usage"` // tokens and cost of the step's LLM calls
 	StartedAt  time.Time `json:"started_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 }
