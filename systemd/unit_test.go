@@ -6,6 +6,7 @@ package systemd
 import (
 	"bufio"
 	"bytes"
+	"github.com/inboxd/inboxd/daemon/config"
 	"math"
 	"os"
 	"os/exec"
@@ -29,31 +30,18 @@ const unitFile = "inboxd.service"
 // with a reason in the unit file.
 const maxExposure = 1.1
 
-// configKeys is the configuration table of DESIGN.md: TOML key and its
-// INBOXD_* environment twin.
-var configKeys = []struct{ toml, env string }{
-	{"listen", "INBOXD_LISTEN"},
-	{"data_dir", "INBOXD_DATA_DIR"},
-	{"database_url", "INBOXD_DATABASE_URL"},
-	{"kv_url", "INBOXD_KV_URL"},
-	{"vectors_url", "INBOXD_VECTORS_URL"},
-	{"secret_key_file", "INBOXD_SECRET_KEY_FILE"},
-	{"auth.mode", "INBOXD_AUTH_MODE"},
-	{"auth.password", "INBOXD_AUTH_PASSWORD"},
-	{"auth.password_file", "INBOXD_AUTH_PASSWORD_FILE"},
-	{"auth.oidc_issuer", "INBOXD_AUTH_OIDC_ISSUER"},
-	{"auth.oidc_audience", "INBOXD_AUTH_OIDC_AUDIENCE"},
-	{"auth.oidc_email_claim", "INBOXD_AUTH_OIDC_EMAIL_CLAIM"},
-	{"auth.admins", "INBOXD_AUTH_ADMINS"},
-	{"plugins.dir", "INBOXD_PLUGINS_DIR"},
-	{"poll.interval", "INBOXD_POLL_INTERVAL"},
-	{"poll.idle", "INBOXD_POLL_IDLE"},
-	{"poll.workers", "INBOXD_POLL_WORKERS"},
-	{"workflow.workers", "INBOXD_WORKFLOW_WORKERS"},
-	{"jobs.workers", "INBOXD_JOBS_WORKERS"},
-	{"log.level", "INBOXD_LOG_LEVEL"},
-	{"log.format", "INBOXD_LOG_FORMAT"},
-	{"demo", "INBOXD_DEMO"},
+// configKeys lists every setting, from the config package's own table (the
+// single declaration of settings): TOML key and its INBOXD_* twin.
+func configKeys(t *testing.T) []struct{ toml, env string } {
+	cfg, err := config.Load("", func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []struct{ toml, env string }
+	for _, s := range cfg.Effective() {
+		out = append(out, struct{ toml, env string }{s.Key, s.Env})
+	}
+	return out
 }
 
 // directives parses a unit file into section -> key -> values (in order).
@@ -255,7 +243,7 @@ func TestExamplesCoverConfigTable(t *testing.T) {
 		t.Fatalf("contrib/examples/inboxd.toml with its settings uncommented: %v", err)
 	}
 	known := map[string]bool{}
-	for _, k := range configKeys {
+	for _, k := range configKeys(t) {
 		known[k.toml], known[k.env] = true, true
 		m, key := cfg, k.toml
 		if table, rest, nested := strings.Cut(k.toml, "."); nested {

@@ -19,6 +19,7 @@ import (
 	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/metrics"
 	"github.com/inboxd/inboxd/daemon/settings"
+	"github.com/inboxd/inboxd/daemon/storage/kv"
 	"github.com/inboxd/inboxd/daemon/tools"
 	"github.com/inboxd/inboxd/daemon/users"
 	"github.com/inboxd/inboxd/daemon/workflow"
@@ -38,6 +39,8 @@ type Deps struct {
 	Auth     *auth.Authenticator
 	Users    *users.Store
 	Settings *settings.Store
+	// KV is read for per-user state other replicas write (poll status).
+	KV kv.Store
 	// Workflows and Logs may be nil in tests of other routes; their routes
 	// are registered only when set.
 	Workflows *workflow.Store
@@ -83,6 +86,7 @@ func (s *Server) routes() {
 	s.user("GET /api/v1/settings", s.getSettings)
 	s.user("PUT /api/v1/settings", s.putSettings)
 	s.user("POST /api/v1/settings/test-imap", s.testIMAP)
+	s.user("GET /api/v1/inbox/status", s.inboxStatus)
 
 	if s.d.Workflows != nil {
 		s.workflowRoutes()

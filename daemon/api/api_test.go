@@ -15,13 +15,16 @@ import (
 
 	"github.com/inboxd/inboxd/daemon/api"
 	"github.com/inboxd/inboxd/daemon/auth"
+	"github.com/inboxd/inboxd/daemon/logs"
 	"github.com/inboxd/inboxd/daemon/metrics"
 	"github.com/inboxd/inboxd/daemon/secretbox"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
 	"github.com/inboxd/inboxd/daemon/storage/sqldb"
+	"github.com/inboxd/inboxd/daemon/tools"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/users"
+	"github.com/inboxd/inboxd/daemon/workflow"
 	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
@@ -83,7 +86,8 @@ func newEnv(t testing.TB, b backend, ac auth.Config) *env {
 		t.Fatal(err)
 	}
 	s := api.New(api.Deps{
-		Auth: a, Users: us, Settings: settings.NewStore(store, box),
+		Auth: a, Users: us, Settings: settings.NewStore(store, box), KV: store,
+		Workflows: workflow.NewStore(db), Logs: logs.NewStore(db), Tools: tools.NewStatic(),
 		Metrics: metrics.New("test"), Logger: logger,
 		Ready: []api.Check{{Name: "sql", Ping: db.Ping}, {Name: "kv", Ping: store.Ping}},
 	})
@@ -460,5 +464,23 @@ func TestReadyzFailsWhenAStoreIsDown(t *testing.T) {
 	checks, _ := body["checks"].(map[string]any)
 	if code != 503 || checks["kv"] != "unavailable" || checks["sql"] != "ok" {
 		t.Errorf("readyz with the KV closed: %d %v", code, body)
+	}
+}
+
+func TestInboxStatus(t *testing.T) {
+	e := newEnv(t, backends()[0], auth.Config{Mode: "apikey"})
+	a, keyA := e.newUser(t, "alice@example.com", false)
+	_, keyB := e.newUser(t, "bob@example.com", false)
+	if err := e.kv.Set(context.Background(), a.ID.Key("poll_status"), `{"state":"auth_failed","last_error":"auth: login rejected","failures":2,"next_attempt":"2030-01-02T03:04:05Z"}`, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, got := e.do(t, request{method: "GET", path: "/api/v1/inbox/status", bearer: keyA})
+	poll, _ := got["poll"].(map[string]any)
+	if poll["state"] != "auth_failed" || poll["last_error"] != "auth: login rejected" || poll["next_attempt"] != "2030-01-02T03:04:05Z" || poll["last_success"] != nil {
+		t.Errorf("A's status: %v", got)
+	}
+	_, got = e.do(t, request{method: "GET", path: "/api/v1/inbox/status", bearer: keyB})
+	if poll, _ := got["poll"].(map[string]any); poll["state"] != "not_polled" {
+		t.Errorf("B's status: %v", got)
 	}
 }

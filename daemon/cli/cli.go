@@ -40,6 +40,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the daemon", runServe},
 		{"user", "manage users: add, list, disable, api-key", runUser},
+		{"workflow", "manage workflows: apply, list", runWorkflow},
 		{"config", "check the configuration: config check", runConfig},
 		{"version", "print the version", runVersion},
 	}

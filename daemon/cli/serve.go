@@ -2,20 +2,29 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/inboxd/inboxd/daemon/api"
 	"github.com/inboxd/inboxd/daemon/auth"
 	"github.com/inboxd/inboxd/daemon/config"
+	"github.com/inboxd/inboxd/daemon/llm"
+	"github.com/inboxd/inboxd/daemon/logs"
+	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/metrics"
+	"github.com/inboxd/inboxd/daemon/poller"
 	"github.com/inboxd/inboxd/daemon/sdnotify"
 	"github.com/inboxd/inboxd/daemon/settings"
+	"github.com/inboxd/inboxd/daemon/tools"
+	"github.com/inboxd/inboxd/daemon/workflow"
 )
 
 // shutdownGrace is how long in-flight HTTP requests may take after SIGTERM.
@@ -37,8 +46,10 @@ func runServe(ctx context.Context, env Env, args []string) error {
 }
 
 // serve owns the daemon's start-up and shutdown order:
-// stores -> auth -> API -> listener -> READY; then, on ctx's end,
-// STOPPING -> stop intake (HTTP) with a grace period -> close stores.
+// stores -> auth -> workflow engine, poller -> API -> background work ->
+// listener -> READY; then, on ctx's end, STOPPING -> stop intake (HTTP)
+// with a grace period -> stop background work (poll leases released, runs
+// left resumable) -> IMAP pool -> stores.
 func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	notifier := sdnotify.New()
 	st, err := openStores(ctx, cfg)
@@ -56,15 +67,67 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 		return err
 	}
 	m := metrics.New(version)
+	settingsStore := settings.NewStore(st.kv, st.box)
+	workflows := workflow.NewStore(st.sql)
+	logStore := logs.NewStore(st.sql)
+	toolCaller := tools.NewStatic() // the plugin host replaces this (plugins issue)
+	owner := replicaName()
+
+	runner, err := workflow.NewRunner(workflow.RunnerConfig{
+		Store: workflows, LLM: llm.NewOpenAI(llm.Options{Registerer: m.Registry, Logger: logger}),
+		Tools: toolCaller, Logs: logStore, Settings: settingsStore,
+		Workers: cfg.Workflow.Workers, Lease: cfg.Workflow.Lease, Owner: owner, Logger: logger, Registerer: m.Registry,
+	})
+	if err != nil {
+		return err
+	}
+	workflows.OnInstanceCreated(runner.Kick)
+	scheduler, err := workflow.NewScheduler(workflow.SchedulerConfig{Store: workflows, Settings: settingsStore, Logger: logger})
+	if err != nil {
+		return err
+	}
+	pool, err := mail.NewPool(mail.PoolOptions{Registerer: m.Registry, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	poll, err := poller.New(poller.Config{
+		Interval: cfg.Poll.Interval, Workers: cfg.Poll.Workers, IDLE: cfg.Poll.IDLE, LeaseTTL: cfg.Poll.Lease, Owner: owner,
+	}, st.kv, workflows, settingsStore, &poller.IMAPInbox{Pool: pool}, logger, m.Registry)
+	if err != nil {
+		return err
+	}
+
 	ready := []api.Check{{Name: "sql", Ping: st.sql.Ping}, {Name: "kv", Ping: st.kv.Ping}}
 	handler := api.New(api.Deps{
-		Auth:     authn,
-		Users:    st.users,
-		Settings: settings.NewStore(st.kv, st.box),
-		Metrics:  m,
-		Logger:   logger,
-		Ready:    ready,
+		Auth:      authn,
+		Users:     st.users,
+		Settings:  settingsStore,
+		KV:        st.kv,
+		Workflows: workflows,
+		Logs:      logStore,
+		Tools:     toolCaller,
+		Metrics:   m,
+		Logger:    logger,
+		Ready:     ready,
 	})
+
+	// Background work runs under its own context: on shutdown it is
+	// cancelled only after the HTTP server stopped taking requests.
+	workCtx, stopWork := context.WithCancel(context.Background())
+	var work sync.WaitGroup
+	defer func() { stopWork(); work.Wait() }() // on every return, before the stores close
+	for name, run := range map[string]func(context.Context) error{
+		"workflow runner": runner.Run, "scheduler": scheduler.Run, "poller": poll.Run,
+	} {
+		work.Add(1)
+		go func() {
+			defer work.Done()
+			if err := run(workCtx); err != nil && workCtx.Err() == nil {
+				logger.Error(name+" stopped", "error", err)
+			}
+		}()
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -107,6 +170,11 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 		logger.Warn("http shutdown did not finish in time", "error", err)
 		srv.Close()
 	}
+	// Then the background work: the poller releases its leases, the runner
+	// leaves running instances claimed for a restart or another replica to
+	// resume.
+	stopWork()
+	work.Wait()
 	logger.Info("stopped")
 	return nil
 }
@@ -157,4 +225,16 @@ func newAuthenticator(ctx context.Context, cfg *config.Config, st *stores, logge
 // isBcryptHash reports whether s is a bcrypt hash ("$2a$", "$2b$" or "$2y$").
 func isBcryptHash(s string) bool {
 	return len(s) == 60 && (strings.HasPrefix(s, "$2a$") || strings.HasPrefix(s, "$2b$") || strings.HasPrefix(s, "$2y$"))
+}
+
+// replicaName names this process in leases and claims: unique per replica
+// and per restart, readable in logs.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "inboxd"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%x", host, os.Getpid(), b)
 }

@@ -34,7 +34,7 @@ type Config struct {
 	Auth          Auth
 	Plugins       Plugins
 	Poll          Poll
-	Workflow      Workers
+	Workflow      Workflow
 	Jobs          Workers
 	Log           Log
 	Demo          bool
@@ -61,11 +61,22 @@ type Poll struct {
 	Interval time.Duration
 	IDLE     bool
 	Workers  int
+	// Lease is how long a replica's claim on a user's inbox outlives the
+	// replica: another one (or this one, restarted) takes over after it.
+	Lease time.Duration
 }
 
 // Workers sizes a worker pool.
 type Workers struct {
 	Workers int
+}
+
+// Workflow tunes the workflow runner.
+type Workflow struct {
+	Workers int
+	// Lease is how long a claimed run stays with a replica that stops
+	// renewing it (crashed) before another runner resumes it.
+	Lease time.Duration
 }
 
 // Log selects the log level and format.
@@ -182,8 +193,12 @@ func options() []option {
 	add("poll.idle", "true", false, f, g)
 	f, g = integer(func(c *Config) *int { return &c.Poll.Workers })
 	add("poll.workers", workersDefault(16, 8), false, f, g)
+	f, g = duration(func(c *Config) *time.Duration { return &c.Poll.Lease })
+	add("poll.lease", "30s", false, f, g)
 	f, g = integer(func(c *Config) *int { return &c.Workflow.Workers })
 	add("workflow.workers", workersDefault(4, 4), false, f, g)
+	f, g = duration(func(c *Config) *time.Duration { return &c.Workflow.Lease })
+	add("workflow.lease", "30s", false, f, g)
 	f, g = integer(func(c *Config) *int { return &c.Jobs.Workers })
 	add("jobs.workers", workersDefault(1, 2), false, f, g)
 	s("log.level", "info", false, func(c *Config) *string { return &c.Log.Level })
@@ -340,6 +355,11 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("auth.mode", "want none, password, apikey or oidc, got %q", c.Auth.Mode)
+	}
+	for key, d := range map[string]time.Duration{"workflow.lease": c.Workflow.Lease, "poll.lease": c.Poll.Lease} {
+		if d < time.Second || d > time.Hour {
+			bad(key, "must be 1s-1h, got %s", d)
+		}
 	}
 	if c.Poll.Interval < time.Second {
 		bad("poll.interval", "must be at least 1s, got %s", c.Poll.Interval)

@@ -1,0 +1,266 @@
+// Package poller owns the multi-tenant inbox watcher: which users are polled,
+// when, by which replica (a lease in the KV), through a bounded worker pool,
+// and what a poll does — detect new mail by UID against per-user trigger
+// state, and start the user's matching workflows exactly once per message.
+package poller
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/inboxd/inboxd/daemon/mail"
+	"github.com/inboxd/inboxd/daemon/settings"
+	"github.com/inboxd/inboxd/daemon/storage/kv"
+	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/daemon/workflow"
+)
+
+// Workflows is what the poller needs of the workflow engine.
+type Workflows interface {
+	UsersWithActiveTrigger(ctx context.Context, triggerType string) ([]userid.ID, error)
+	ListActiveByTrigger(ctx context.Context, user userid.ID, triggerType string) ([]workflow.Workflow, error)
+	CreateInstance(ctx context.Context, user userid.ID, workflowID string, in workflow.TriggerInput, idempotencyKey string) (workflow.Instance, bool, error)
+}
+
+// Settings gives a user's settings (the IMAP account).
+type Settings interface {
+	Get(ctx context.Context, user userid.ID) (settings.Settings, error)
+}
+
+// Inbox is the IMAP side of a poll, for one user's INBOX. The production
+// implementation is IMAPInbox; tests may substitute a fake.
+type Inbox interface {
+	// Status returns the INBOX's UIDVALIDITY and UIDNEXT.
+	Status(ctx context.Context, user userid.ID, acct mail.Account) (MailboxStatus, error)
+	// NewUIDs returns the UIDs above after, ascending (at most limit).
+	NewUIDs(ctx context.Context, user userid.ID, acct mail.Account, after uint32, limit int) ([]uint32, error)
+	// Message fetches and parses one message, with its thread as markdown.
+	Message(ctx context.Context, user userid.ID, acct mail.Account, uid uint32) (Message, error)
+	// Watch blocks until the INBOX changes or ctx ends (IMAP IDLE). It returns
+	// ErrIdleUnsupported when the server cannot IDLE.
+	Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func()) error
+}
+
+// ErrIdleUnsupported: the server does not advertise IDLE.
+var ErrIdleUnsupported = errors.New("poller: server does not support IDLE")
+
+// MailboxStatus is the part of SELECT/STATUS the poller needs.
+type MailboxStatus struct {
+	UIDValidity uint32
+	UIDNext     uint32
+}
+
+// Message is one new message as workflows see it.
+type Message struct {
+	UID      uint32
+	Email    workflow.Email
+	Markdown string // the thread as markdown: <<trigger_output>>
+	// FromAddress is the bare sender address, lower case, for filter rules
+	// and the self-sent check.
+	FromAddress string
+}
+
+// Config tunes the poller. Zero values take the defaults in brackets.
+type Config struct {
+	Interval     time.Duration // between polls of one user [60s]
+	Jitter       float64       // fraction of Interval added at random [0.1]
+	Workers      int           // polls in flight at once [16]
+	PerHost      int           // polls in flight against one IMAP host [20]
+	IDLE         bool          // watch with IMAP IDLE where the server supports it
+	Refresh      time.Duration // how often the set of users is re-read [5s]
+	LeaseTTL     time.Duration // lease:poll:{uuid} expiry [30s]
+	Owner        string        // this replica's name in leases (required)
+	BatchLimit   int           // new messages handled per poll; more are left for the next [50]
+	BackoffBase  time.Duration // first retry after an error [10s]
+	BackoffMax   time.Duration // longest retry wait [30m]
+	AuthBackoff  time.Duration // first retry after an auth failure [5m]
+	PollTimeout  time.Duration // bound on one poll [2m]
+	StatusWrites time.Duration // minimum time between two status writes of an unchanged state [30s]
+}
+
+func (c *Config) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.Interval, 60*time.Second)
+	def(&c.Refresh, 5*time.Second)
+	def(&c.LeaseTTL, 30*time.Second)
+	def(&c.BackoffBase, 10*time.Second)
+	def(&c.BackoffMax, 30*time.Minute)
+	def(&c.AuthBackoff, 5*time.Minute)
+	def(&c.PollTimeout, 2*time.Minute)
+	def(&c.StatusWrites, 30*time.Second)
+	if c.Jitter <= 0 {
+		c.Jitter = 0.1
+	}
+	if c.Workers <= 0 {
+		c.Workers = 16
+	}
+	if c.PerHost <= 0 {
+		c.PerHost = 20
+	}
+	if c.BatchLimit <= 0 {
+		c.BatchLimit = 50
+	}
+}
+
+// Poller watches the inboxes of every user with complete IMAP settings and
+// at least one active new_email workflow.
+type Poller struct {
+	cfg       Config
+	kv        kv.Store
+	workflows Workflows
+	settings  Settings
+	inbox     Inbox
+	log       *slog.Logger
+	m         *metrics
+
+	workers chan struct{} // the bounded pool: one token per poll in flight
+
+	mu      sync.Mutex
+	hosts   map[string]chan struct{} // per-host caps
+	tenants map[userid.ID]*tenant
+}
+
+// New builds a Poller. reg may be nil.
+func New(cfg Config, store kv.Store, wf Workflows, st Settings, inbox Inbox, logger *slog.Logger, reg prometheus.Registerer) (*Poller, error) {
+	cfg.defaults()
+	if cfg.Owner == "" {
+		return nil, errors.New("poller: Config.Owner (the replica name) is required")
+	}
+	p := &Poller{
+		cfg: cfg, kv: store, workflows: wf, settings: st, inbox: inbox, log: logger,
+		workers: make(chan struct{}, cfg.Workers),
+		hosts:   map[string]chan struct{}{},
+		tenants: map[userid.ID]*tenant{},
+	}
+	p.m = newMetrics(reg, p)
+	return p, nil
+}
+
+// Run discovers tenants every Refresh and runs one loop per tenant until ctx
+// ends; it returns after every tenant loop has stopped and released its lease.
+func (p *Poller) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer func() {
+		p.mu.Lock()
+		for _, t := range p.tenants {
+			t.cancel()
+		}
+		p.mu.Unlock()
+		wg.Wait()
+	}()
+	tick := time.NewTicker(p.cfg.Refresh)
+	defer tick.Stop()
+	for {
+		if err := p.discover(ctx, &wg); err != nil && ctx.Err() == nil {
+			p.log.Error("poller: discover tenants", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// discover starts a loop for each new eligible user, restarts one whose IMAP
+// account changed, and stops the loops of users no longer eligible.
+func (p *Poller) discover(ctx context.Context, wg *sync.WaitGroup) error {
+	ids, err := p.workflows.UsersWithActiveTrigger(ctx, workflow.TriggerNewEmail)
+	if err != nil {
+		return err
+	}
+	want := map[userid.ID]mail.Account{}
+	for _, id := range ids {
+		st, err := p.settings.Get(ctx, id)
+		if err != nil {
+			p.log.Warn("poller: read settings", "user_id", id, "error", err)
+			continue
+		}
+		if st.IMAPComplete() {
+			want[id] = st.IMAPAccount()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, t := range p.tenants {
+		if acct, ok := want[id]; !ok || acct != t.acct {
+			t.cancel()
+			delete(p.tenants, id)
+		}
+	}
+	for id, acct := range want {
+		if _, ok := p.tenants[id]; ok {
+			continue
+		}
+		tctx, cancel := context.WithCancel(ctx)
+		t := &tenant{p: p, id: id, acct: acct, cancel: cancel, kick: make(chan struct{}, 1), state: StateStarting}
+		p.tenants[id] = t
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.run(tctx)
+		}()
+	}
+	return nil
+}
+
+// Kick asks for an immediate poll of user, if this replica polls it.
+func (p *Poller) Kick(user userid.ID) {
+	p.mu.Lock()
+	t := p.tenants[user]
+	p.mu.Unlock()
+	if t != nil {
+		t.poke()
+	}
+}
+
+// hostSlot returns the semaphore capping polls against one IMAP host.
+func (p *Poller) hostSlot(host string) chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.hosts[host]
+	if !ok {
+		s = make(chan struct{}, p.cfg.PerHost)
+		p.hosts[host] = s
+	}
+	return s
+}
+
+// states counts tenants by state, for the inboxd_tenants gauge.
+func (p *Poller) states() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for _, t := range p.tenants {
+		out[t.getState()]++
+	}
+	return out
+}
+
+// jittered returns d plus up to frac*d at random, so tenants spread out.
+func jittered(d time.Duration, frac float64) time.Duration {
+	return d + time.Duration(rand.Float64()*frac*float64(d))
+}
+
+// backoff is the wait after n consecutive failures (n >= 1): base doubling,
+// capped, with jitter.
+func backoff(base, ceiling time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < ceiling; i++ {
+		d *= 2
+	}
+	d = min(d, ceiling)
+	return jittered(d/2, 1) // between d/2 and d
+}
+
+func leaseKey(id userid.ID) string { return "lease:poll:" + id.String() }

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/inboxd/inboxd/internal/fakellm"
+	"github.com/inboxd/inboxd/internal/testsvc"
+)
+
+func TestMain(m *testing.M) { testsvc.Main(m) }
+
+// The binary is built once per test run, into a directory removed at exit.
+var buildOnce = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "inboxd-e2e-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "inboxd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// daemon is one inboxd process over a data directory that outlives it.
+type daemon struct {
+	t       *testing.T
+	bin     string
+	dataDir string
+	env     []string
+	base    string
+	cmd     *exec.Cmd
+	exited  chan error
+	logPath string
+}
+
+func newDaemon(t *testing.T, extraEnv ...string) *daemon {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := testsvc.FreePort(t)
+	d := &daemon{t: t, bin: bin, dataDir: t.TempDir(), base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	d.env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + d.dataDir,
+		"INBOXD_DATA_DIR=" + d.dataDir, fmt.Sprintf("INBOXD_LISTEN=127.0.0.1:%d", port), "INBOXD_LOG_LEVEL=debug"}, extraEnv...)
+	d.logPath = filepath.Join(d.dataDir, "daemon.log")
+	t.Cleanup(func() {
+		if d.cmd != nil && d.cmd.ProcessState == nil {
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+		if t.Failed() {
+			log, _ := os.ReadFile(d.logPath)
+			t.Logf("daemon log (tail):\n%s", tail(string(log), 4000))
+		}
+	})
+	return d
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.cmd = exec.Command(d.bin, "serve")
+	d.cmd.Env = d.env
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	logf.Close()
+	d.exited = make(chan error, 1)
+	go func() { d.exited <- d.cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(d.base + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	d.t.Fatal("daemon never became ready")
+}
+
+// kill sends SIGKILL: no shutdown code runs.
+func (d *daemon) kill() {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		d.t.Fatal(err)
+	}
+	<-d.exited
+}
+
+func (d *daemon) call(method, path string, body any, out any) int {
+	d.t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		r = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, d.base+path, r)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		d.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			d.t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+		}
+	}
+	if resp.StatusCode >= 300 {
+		d.t.Logf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+	}
+	return resp.StatusCode
+}
+
+func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type instance struct {
+	ID      string `json:"id"`
+	Status  string `json:"status"`
+	Error   string `json:"error"`
+	Trigger struct {
+		Email *struct {
+			UID     uint32 `json:"uid"`
+			Subject string `json:"subject"`
+		} `json:"email"`
+	} `json:"trigger"`
+	Steps []struct {
+		Name   string `json:"name"`
+		Status string `json:"status"`
+		Output string `json:"output"`
+	} `json:"steps"`
+}
+
+// TestRunResumesAfterSIGKILL: the daemon is killed in the middle of a 3-step
+// run; after a restart the run resumes at the unfinished step and completes,
+// and the completed step does not run again.
+func TestRunResumesAfterSIGKILL(t *testing.T) {
+	llmSrv := fakellm.New(t)
+	var calls [4]atomic.Int32
+	llmSrv.SetHandler(func(r fakellm.Request) fakellm.Reply {
+		for step := 1; step <= 3; step++ {
+			if strings.Contains(r.Messages[0].Content, fmt.Sprintf("STEP%d", step)) {
+				if calls[step].Add(1) == 1 && step == 2 {
+					return fakellm.Text("slow").WithDelay(20 * time.Second) // killed during this
+				}
+				return fakellm.Text(fmt.Sprintf("output of step %d", step))
+			}
+		}
+		return fakellm.Error(400, "unexpected prompt")
+	})
+	d := newDaemon(t, "INBOXD_WORKFLOW_LEASE=2s")
+	d.start()
+	if code := d.call("PUT", "/api/v1/settings", map[string]any{"llm_base_url": llmSrv.URL(), "llm_model": "fake-model", "llm_api_key": "sk-test"}, nil); code != 200 {
+		t.Fatalf("settings: %d", code)
+	}
+	var wf struct{ ID string }
+	code := d.call("POST", "/api/v1/workflows", map[string]any{
+		"name": "three steps", "active": true,
+		"steps": []map[string]any{
+			{"name": "one", "kind": "llm", "system_prompt": "STEP1 <<trigger_output>>"},
+			{"name": "two", "kind": "llm", "system_prompt": "STEP2 after <<step_output.one>>"},
+			{"name": "three", "kind": "llm", "system_prompt": "STEP3 after <<step_output.two>>"},
+		},
+	}, &wf)
+	if code != 201 {
+		t.Fatalf("create workflow: %d", code)
+	}
+	var inst instance
+	if code := d.call("POST", "/api/v1/workflows/"+wf.ID+"/run", map[string]any{"input": "hello"}, &inst); code != 202 {
+		t.Fatalf("run: %d", code)
+	}
+	waitUntil(t, "step two to be under way", 20*time.Second, func() bool { return calls[2].Load() == 1 })
+	d.kill()
+
+	d.start()
+	waitUntil(t, "the run to complete after the restart", 60*time.Second, func() bool {
+		d.call("GET", "/api/v1/instances/"+inst.ID, nil, &inst)
+		return inst.Status == "completed" || inst.Status == "failed"
+	})
+	if inst.Status != "completed" {
+		t.Fatalf("instance %s: %s", inst.Status, inst.Error)
+	}
+	if c1, c2, c3 := calls[1].Load(), calls[2].Load(), calls[3].Load(); c1 != 1 || c2 != 2 || c3 != 1 {
+		t.Errorf("LLM calls per step: one=%d two=%d three=%d; want 1, 2 (killed once), 1", c1, c2, c3)
+	}
+	if len(inst.Steps) != 3 || inst.Steps[2].Output != "output of step 3" || inst.Steps[0].Output != "output of step 1" {
+		t.Errorf("steps: %+v", inst.Steps)
+	}
+}
+
+// TestNewMailSurvivesSIGKILL: the daemon is killed while a batch of 20 new
+// mails is being processed; after a restart every mail has produced exactly
+// one instance per matching workflow.
+func TestNewMailSurvivesSIGKILL(t *testing.T) {
+	dove := testsvc.Dovecot(t, map[string]string{"alice": "alice-pw"})
+	llmSrv := fakellm.New(t)
+	llmSrv.SetHandler(func(fakellm.Request) fakellm.Reply { return fakellm.Text("ok") })
+	d := newDaemon(t, "INBOXD_POLL_INTERVAL=1s", "INBOXD_POLL_IDLE=false", "INBOXD_POLL_LEASE=2s", "INBOXD_WORKFLOW_LEASE=2s")
+	d.start()
+	if code := d.call("PUT", "/api/v1/settings", map[string]any{
+		"imap_server": dove.Host, "imap_port": dove.Port, "imap_security": "none", "imap_username": "alice", "imap_password": "alice-pw",
+		"llm_base_url": llmSrv.URL(), "llm_model": "fake-model", "llm_api_key": "sk-test",
+	}, nil); code != 200 {
+		t.Fatalf("settings: %d", code)
+	}
+	var wfIDs []string
+	for _, name := range []string{"first", "second"} {
+		var wf struct{ ID string }
+		if code := d.call("POST", "/api/v1/workflows", map[string]any{
+			"name": name, "active": true, "trigger": map[string]any{"type": "new_email"},
+			"steps": []map[string]any{{"name": "summarise", "kind": "llm", "system_prompt": "Summarise <<trigger_output>>"}},
+		}, &wf); code != 201 {
+			t.Fatalf("create workflow: %d", code)
+		}
+		wfIDs = append(wfIDs, wf.ID)
+	}
+	waitUntil(t, "the inbox baseline", 30*time.Second, func() bool {
+		var st struct{ Poll struct{ State string } }
+		d.call("GET", "/api/v1/inbox/status", nil, &st)
+		return st.Poll.State == "active"
+	})
+	uids := map[uint32]bool{}
+	for i := range 20 {
+		raw := fmt.Sprintf("From: customer%d@example.com\r\nTo: alice@example.com\r\nSubject: mail %d\r\nMessage-ID: <batch-%d@example.com>\r\n\r\nbody %d\r\n", i, i, i, i)
+		uids[dove.Deliver(t, "alice", []byte(raw))] = true
+	}
+	count := func() int {
+		n := 0
+		for _, id := range wfIDs {
+			var list struct{ Items []instance }
+			d.call("GET", "/api/v1/workflows/"+id+"/instances?limit=1000", nil, &list)
+			n += len(list.Items)
+		}
+		return n
+	}
+	var before int
+	waitUntil(t, "the first instances", 30*time.Second, func() bool { before = count(); return before > 0 })
+	d.kill()
+	t.Logf("killed with at least %d of 40 instances created", before)
+
+	d.start()
+	waitUntil(t, "all 40 instances", 60*time.Second, func() bool { return count() >= 40 })
+	time.Sleep(2 * time.Second) // more polls: nothing more may appear
+	for _, id := range wfIDs {
+		var list struct{ Items []instance }
+		d.call("GET", "/api/v1/workflows/"+id+"/instances?limit=1000", nil, &list)
+		seen := map[uint32]int{}
+		for _, in := range list.Items {
+			if in.Trigger.Email == nil {
+				t.Fatalf("instance without email: %+v", in)
+			}
+			seen[in.Trigger.Email.UID]++
+		}
+		if len(list.Items) != 20 || len(seen) != 20 {
+			t.Errorf("workflow %s: %d instances for %d distinct mails, want 20 and 20", id, len(list.Items), len(seen))
+		}
+		for uid, n := range seen {
+			if !uids[uid] || n != 1 {
+				t.Errorf("workflow %s: uid %d has %d instances (delivered: %v)", id, uid, n, uids[uid])
+			}
+		}
+	}
+}
