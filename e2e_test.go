@@ -118,12 +118,21 @@ func (d *daemon) kill() {
 
 func (d *daemon) call(method, path string, body any, out any) int {
 	d.t.Helper()
+	return d.callAs("", method, path, body, out)
+}
+
+// callAs makes an API call with an API key ("" for none).
+func (d *daemon) callAs(key, method, path string, body any, out any) int {
+	d.t.Helper()
 	var r io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
 		r = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, d.base+path, r)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		d.t.Fatalf("%s %s: %v", method, path, err)
@@ -295,6 +304,122 @@ func TestNewMailSurvivesSIGKILL(t *testing.T) {
 		for uid, n := range seen {
 			if !uids[uid] || n != 1 {
 				t.Errorf("workflow %s: uid %d has %d instances (delivered: %v)", id, uid, n, uids[uid])
+			}
+		}
+	}
+}
+
+// addUser runs `inboxd user add` on the daemon's store and returns the key.
+func (d *daemon) addUser(email string) string {
+	d.t.Helper()
+	cmd := exec.Command(d.bin, "user", "add", "--email", email)
+	cmd.Env = d.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		d.t.Fatalf("user add: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if key, ok := strings.CutPrefix(line, "api key: "); ok {
+			return strings.TrimSpace(key)
+		}
+	}
+	d.t.Fatalf("user add printed no key: %s", out)
+	return ""
+}
+
+// TestManualRunIsolation: two users in apikey mode, each with a workflow; a
+// manual run of A's writes an instance, step runs and log rows that only A
+// can see; B gets 404 on A's workflow, instance and log ids and sees none of
+// them in lists.
+func TestManualRunIsolation(t *testing.T) {
+	llmSrv := fakellm.New(t)
+	llmSrv.SetHandler(func(fakellm.Request) fakellm.Reply { return fakellm.Text("a quote request").WithUsage(120, 30) })
+	d := newDaemon(t, "INBOXD_AUTH_MODE=apikey")
+	d.start()
+	keyA, keyB := d.addUser("alice@example.com"), d.addUser("bob@example.com")
+	if code := d.call("GET", "/api/v1/me", nil, nil); code != 401 {
+		t.Fatalf("no key: %d, want 401", code)
+	}
+	wfIDs := map[string]string{}
+	for who, key := range map[string]string{"alice": keyA, "bob": keyB} {
+		if code := d.callAs(key, "PUT", "/api/v1/settings", map[string]any{"llm_base_url": llmSrv.URL(), "llm_model": "m-" + who, "llm_api_key": "sk-" + who}, nil); code != 200 {
+			t.Fatalf("settings: %d", code)
+		}
+		var wf struct{ ID string }
+		if code := d.callAs(key, "POST", "/api/v1/workflows", map[string]any{
+			"name": "classify " + who, "active": true,
+			"steps": []map[string]any{
+				{"name": "classify", "kind": "llm", "system_prompt": "Classify: <<trigger_output>>"},
+				{"name": "stop unless quote", "kind": "stop_checker", "step_to_check": "classify", "mode": "continue_if_output_contains", "match_values": []string{"quote"}},
+			},
+		}, &wf); code != 201 {
+			t.Fatalf("create: %d", code)
+		}
+		wfIDs[who] = wf.ID
+	}
+	var inst instance
+	if code := d.callAs(keyA, "POST", "/api/v1/workflows/"+wfIDs["alice"]+"/run", map[string]any{"email": map[string]string{"from": "c@example.com", "subject": "price?", "body": "what does it cost"}}, &inst); code != 202 {
+		t.Fatalf("run: %d", code)
+	}
+	waitUntil(t, "A's run", 30*time.Second, func() bool {
+		d.callAs(keyA, "GET", "/api/v1/instances/"+inst.ID, nil, &inst)
+		return inst.Status == "completed"
+	})
+	if len(inst.Steps) != 2 || inst.Steps[0].Output != "a quote request" || inst.Steps[1].Status != "completed" {
+		t.Fatalf("steps: %+v", inst.Steps)
+	}
+	// The request carried A's own key and model, never B's.
+	for _, r := range llmSrv.Requests() {
+		if r.APIKey != "sk-alice" || r.Model != "m-alice" {
+			t.Errorf("LLM request with key %q model %q", r.APIKey, r.Model)
+		}
+	}
+	var logsA struct {
+		Items []struct {
+			ID          string `json:"id"`
+			LogType     string `json:"log_type"`
+			TotalTokens int    `json:"total_tokens"`
+		} `json:"items"`
+	}
+	d.callAs(keyA, "GET", "/api/v1/logs?instance_id="+inst.ID, nil, &logsA)
+	if len(logsA.Items) < 2 {
+		t.Fatalf("A's log rows: %+v", logsA.Items)
+	}
+	var usage struct {
+		TotalTokens int `json:"total_tokens"`
+	}
+	if code := d.callAs(keyA, "GET", "/api/v1/logs/usage/"+inst.ID, nil, &usage); code != 200 || usage.TotalTokens != 150 {
+		t.Errorf("A's usage: %d %+v", code, usage)
+	}
+
+	// B: 404 on every id of A's, and nothing of A's in lists.
+	paths := []string{
+		"/api/v1/workflows/" + wfIDs["alice"], "/api/v1/workflows/" + wfIDs["alice"] + "/instances",
+		"/api/v1/workflows/" + wfIDs["alice"] + "/export", "/api/v1/instances/" + inst.ID,
+		"/api/v1/logs/usage/" + inst.ID,
+	}
+	for _, row := range logsA.Items {
+		paths = append(paths, "/api/v1/logs/"+row.ID)
+	}
+	for _, p := range paths {
+		if code := d.callAs(keyB, "GET", p, nil, nil); code != 404 {
+			t.Errorf("B: GET %s = %d, want 404", p, code)
+		}
+	}
+	for _, p := range []string{"/api/v1/workflows/" + wfIDs["alice"] + "/run", "/api/v1/instances/" + inst.ID + "/cancel"} {
+		if code := d.callAs(keyB, "POST", p, map[string]any{}, nil); code != 404 {
+			t.Errorf("B: POST %s = %d, want 404", p, code)
+		}
+	}
+	if code := d.callAs(keyB, "DELETE", "/api/v1/workflows/"+wfIDs["alice"], nil, nil); code != 404 {
+		t.Errorf("B: DELETE A's workflow = %d", code)
+	}
+	for _, p := range []string{"/api/v1/workflows", "/api/v1/logs", "/api/v1/logs/grouped", "/api/v1/logs/costs"} {
+		var raw json.RawMessage
+		d.callAs(keyB, "GET", p, nil, &raw)
+		for _, leak := range []string{wfIDs["alice"], inst.ID, "classify alice"} {
+			if bytes.Contains(raw, []byte(leak)) {
+				t.Errorf("B: GET %s shows %q: %s", p, leak, raw)
 			}
 		}
 	}
