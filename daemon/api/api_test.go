@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -60,24 +59,7 @@ func backends() []backend {
 
 func newEnv(t testing.TB, b backend, ac auth.Config) *env {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqldb.Open(ctx, "sqlite://"+filepath.Join(dir, "inboxd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := secretbox.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, box := testsvc.SQLite(t), testsvc.SecretBox(t)
 	store := b.newKV(t, db)
 	us := users.NewStore(db)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))

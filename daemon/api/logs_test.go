@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,35 +17,17 @@ import (
 	"github.com/inboxd/inboxd/daemon/auth"
 	"github.com/inboxd/inboxd/daemon/logs"
 	"github.com/inboxd/inboxd/daemon/metrics"
-	"github.com/inboxd/inboxd/daemon/secretbox"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
-	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/users"
+	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
 // newLogsEnv is newEnv (embedded KV, SQLite) with the agent log wired in.
 func newLogsEnv(t testing.TB, ac auth.Config) (*env, *logs.Store) {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqldb.Open(ctx, "sqlite://"+filepath.Join(dir, "inboxd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := secretbox.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, box := testsvc.SQLite(t), testsvc.SecretBox(t)
 	store := kv.NewSQL(db)
 	us := users.NewStore(db)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,14 +14,13 @@ import (
 	"github.com/inboxd/inboxd/daemon/api"
 	"github.com/inboxd/inboxd/daemon/auth"
 	"github.com/inboxd/inboxd/daemon/metrics"
-	"github.com/inboxd/inboxd/daemon/secretbox"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
-	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/tools"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/users"
 	"github.com/inboxd/inboxd/daemon/workflow"
+	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
 // wfEnv is an API with the workflow store and a static tool table, and two
@@ -38,24 +36,7 @@ type wfEnv struct {
 
 func newWorkflowEnv(t *testing.T, withTools bool) *wfEnv {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqldb.Open(ctx, "sqlite://"+filepath.Join(dir, "inboxd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := secretbox.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, box := testsvc.SQLite(t), testsvc.SecretBox(t)
 	store := kv.NewSQL(db)
 	us := users.NewStore(db)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))

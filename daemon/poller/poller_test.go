@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,10 +15,8 @@ import (
 
 	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/poller"
-	"github.com/inboxd/inboxd/daemon/secretbox"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
-	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/users"
 	"github.com/inboxd/inboxd/daemon/workflow"
@@ -57,21 +54,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqldb.Open(ctx, "sqlite://"+filepath.Join(dir, "inboxd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := secretbox.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, _ := secretbox.New(key)
+	db, box := testsvc.SQLite(t), testsvc.SecretBox(t)
 	store := kv.NewSQL(db)
 	return &fixture{kv: store, wf: workflow.NewStore(db), users: users.NewStore(db), settings: settings.NewStore(store, box), reg: prometheus.NewRegistry()}
 }

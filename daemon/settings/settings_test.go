@@ -3,36 +3,17 @@ package settings
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/inboxd/inboxd/daemon/secretbox"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
-	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
 func newStore(t *testing.T) (*Store, kv.Store) {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqldb.Open(ctx, "sqlite://"+filepath.Join(dir, "s.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := secretbox.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, box := testsvc.SQLite(t), testsvc.SecretBox(t)
 	store := kv.NewSQL(db)
 	return NewStore(store, box), store
 }
