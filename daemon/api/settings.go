@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/inboxd/inboxd/daemon/mail"
@@ -85,12 +86,15 @@ func (s *Server) testIMAP(w http.ResponseWriter, r *http.Request, u users.User) 
 		}
 	}
 	acct := st.IMAPAccount()
-	if err := acct.Validate(); err != nil {
-		writeJSON(w, http.StatusOK, mail.TestResult{Error: &mail.TestError{Class: "protocol", Message: err.Error()}})
-		return
+	// An incomplete account is a bad request naming the missing field, not a
+	// failed connection: nothing was tried.
+	err = acct.Validate()
+	if err == nil && acct.Password == "" && acct.OAuthToken == "" {
+		err = errors.New("imap_password: not set")
 	}
-	if acct.Password == "" && acct.OAuthToken == "" {
-		writeJSON(w, http.StatusOK, mail.TestResult{Error: &mail.TestError{Class: "auth", Message: "imap_password: not set"}})
+	if err != nil {
+		field, msg, _ := strings.Cut(err.Error(), ":")
+		s.settingsError(w, r, &settings.ValidationError{Field: field, Message: strings.TrimSpace(msg)})
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), testIMAPTimeout)

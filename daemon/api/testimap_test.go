@@ -77,9 +77,15 @@ func TestTestIMAP(t *testing.T) {
 			if _, got, text = post(`{"imap_password":"*****","imap_username":"alice"}`); got["ok"] != true {
 				t.Errorf("stored password under the mask: %s", text)
 			}
-			// A bad posted field is a 400 naming it, like PUT.
+			// A bad posted field is a 400 naming it, like PUT; so is a missing one.
 			if code, got, _ = post(`{"imap_port": 99999}`); code != 400 {
 				t.Errorf("bad port: %d %v", code, got)
+			}
+			if code, got, _ = post(`{"imap_server": null}`); code != 400 || fmt.Sprint(got["error"]) == "" || !strings.Contains(fmt.Sprint(got["error"]), "imap_server") {
+				t.Errorf("missing server: %d %v", code, got)
+			}
+			if code, got, _ = post(`{"imap_password": ""}`); code != 400 || !strings.Contains(fmt.Sprint(got["error"]), "imap_password") {
+				t.Errorf("missing password: %d %v", code, got)
 			}
 		})
 	}
