@@ -424,3 +424,77 @@ func TestManualRunIsolation(t *testing.T) {
 		}
 	}
 }
+
+// TestTwoDaemonsShareRuns: two daemon processes on one PostgreSQL claim 200
+// queued instances between them; each runs exactly once.
+func TestTwoDaemonsShareRuns(t *testing.T) {
+	pg := testsvc.Postgres(t)
+	llmSrv := fakellm.New(t)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	llmSrv.SetHandler(func(r fakellm.Request) fakellm.Reply {
+		mu.Lock()
+		seen[r.LastUserMessage()]++
+		mu.Unlock()
+		return fakellm.Text("done")
+	})
+	env := []string{"INBOXD_DATABASE_URL=" + pg, "INBOXD_WORKFLOW_WORKERS=4"}
+	d1, d2 := newDaemon(t, env...), newDaemon(t, env...)
+	d2.dataDir = d1.dataDir // one secret key: both replicas read the same secrets
+	for i, e := range d2.env {
+		if strings.HasPrefix(e, "INBOXD_DATA_DIR=") {
+			d2.env[i] = "INBOXD_DATA_DIR=" + d1.dataDir
+		}
+	}
+	d1.start()
+	d2.start()
+	if code := d1.call("PUT", "/api/v1/settings", map[string]any{"llm_base_url": llmSrv.URL(), "llm_model": "m", "llm_api_key": "sk"}, nil); code != 200 {
+		t.Fatalf("settings: %d", code)
+	}
+	var wf struct{ ID string }
+	if code := d1.call("POST", "/api/v1/workflows", map[string]any{
+		"name": "one step", "steps": []map[string]any{{"name": "s", "kind": "llm", "system_prompt": "Echo"}},
+	}, &wf); code != 201 {
+		t.Fatalf("workflow: %d", code)
+	}
+	const runs = 200
+	for i := range runs {
+		d := d1
+		if i%2 == 1 {
+			d = d2
+		}
+		if code := d.call("POST", "/api/v1/workflows/"+wf.ID+"/run", map[string]any{"input": fmt.Sprintf("run %03d", i)}, nil); code != 202 {
+			t.Fatalf("run %d: %d", i, code)
+		}
+	}
+	waitUntil(t, "every run to complete", 120*time.Second, func() bool {
+		var list struct{ Items []instance }
+		d2.call("GET", "/api/v1/workflows/"+wf.ID+"/instances?limit=1000", nil, &list)
+		done := 0
+		for _, in := range list.Items {
+			if in.Status == "completed" {
+				done++
+			}
+		}
+		return len(list.Items) == runs && done == runs
+	})
+	// Both replicas did part of the work (the split varies; neither is idle).
+	for i, d := range []*daemon{d1, d2} {
+		log, _ := os.ReadFile(d.logPath)
+		if n := strings.Count(string(log), "workflow: run claimed"); n == 0 || n == runs {
+			t.Errorf("daemon %d claimed %d of %d runs", i+1, n, runs)
+		} else {
+			t.Logf("daemon %d claimed %d runs", i+1, n)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != runs {
+		t.Errorf("%d distinct runs reached the model, want %d", len(seen), runs)
+	}
+	for input, n := range seen {
+		if n != 1 {
+			t.Errorf("%q ran %d times", input, n)
+		}
+	}
+}
