@@ -43,6 +43,7 @@ type daemon struct {
 	dataDir string
 	env     []string
 	base    string
+	args    []string // extra arguments of `inboxd serve`
 	cmd     *exec.Cmd
 	exited  chan error
 	logPath string
@@ -85,7 +86,7 @@ func (d *daemon) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command(d.bin, "serve")
+	d.cmd = exec.Command(d.bin, append([]string{"serve"}, d.args...)...)
 	d.cmd.Env = d.env
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
@@ -496,5 +497,42 @@ func TestTwoDaemonsShareRuns(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%q ran %d times", input, n)
 		}
+	}
+}
+
+// TestReloadOnSIGHUP: SIGHUP re-reads the configuration file and applies the
+// log level live; a broken file is refused and the daemon keeps running.
+func TestReloadOnSIGHUP(t *testing.T) {
+	d := newDaemon(t)
+	conf := filepath.Join(d.dataDir, "inboxd.toml")
+	write := func(body string) {
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The environment's INBOXD_LOG_LEVEL=debug would win over the file.
+	for i, e := range d.env {
+		if strings.HasPrefix(e, "INBOXD_LOG_LEVEL=") {
+			d.env[i] = "INBOXD_LOG_LEVEL="
+		}
+	}
+	write("[log]\nlevel = \"warn\"\n[poll]\ninterval = \"60s\"\n")
+	d.args = []string{"--config", conf}
+	d.start()
+	logText := func() string { b, _ := os.ReadFile(d.logPath); return string(b) }
+	if strings.Contains(logText(), "inboxd serving") {
+		t.Fatal("an info line was logged at level warn")
+	}
+	write("[log]\nlevel = \"info\"\n[poll]\ninterval = \"30s\"\nworkers = 3\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, "the reload", 10*time.Second, func() bool { return strings.Contains(logText(), "reload: configuration applied") })
+	if !strings.Contains(logText(), `"poll_interval":"30s"`) || !strings.Contains(logText(), "change only with a restart") {
+		t.Errorf("reload log:\n%s", logText())
+	}
+	write("[log]\nlevel = \"loud\"\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, "the refusal", 10*time.Second, func() bool { return strings.Contains(logText(), "configuration refused") })
+	if code := d.call("GET", "/readyz", nil, nil); code != 200 {
+		t.Fatalf("after a refused reload: readyz %d", code)
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/inboxd/inboxd/daemon/api"
@@ -42,7 +44,15 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, newLogger(cfg, env.Stderr))
+	logger, level := newLogger(cfg, env.Stderr)
+	reload := func() (*config.Config, error) { return loadConfig(env, *cfgPath) }
+	return serve(ctx, cfg, logger, &liveSettings{level: level, reload: reload})
+}
+
+// liveSettings is what SIGHUP can change without a restart.
+type liveSettings struct {
+	level  *slog.LevelVar
+	reload func() (*config.Config, error)
 }
 
 // serve owns the daemon's start-up and shutdown order:
@@ -50,8 +60,12 @@ func runServe(ctx context.Context, env Env, args []string) error {
 // listener -> READY; then, on ctx's end, STOPPING -> stop intake (HTTP)
 // with a grace period -> stop background work (poll leases released, runs
 // left resumable) -> IMAP pool -> stores.
-func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
+func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *liveSettings) error {
 	notifier := sdnotify.New()
+	// SIGHUP is caught from the start: its default action would end the daemon.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	st, err := openStores(ctx, cfg)
 	if err != nil {
 		return err
@@ -156,11 +170,19 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger) error {
 	defer stopWatchdog()
 	go notifier.Watchdog(watchdogCtx, healthy, logger)
 
-	select {
-	case <-ctx.Done():
-		logger.Info("shutting down", "grace", shutdownGrace.String())
-	case err := <-serveErr:
-		return fmt.Errorf("http server: %w", err)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			logger.Info("shutting down", "grace", shutdownGrace.String())
+			break wait
+		case err := <-serveErr:
+			return fmt.Errorf("http server: %w", err)
+		case <-hup:
+			_ = notifier.Reloading()
+			cfg = reloadConfig(cfg, live, poll, logger)
+			_ = notifier.Ready()
+		}
 	}
 	_ = notifier.Stopping()
 	stopWatchdog()
@@ -237,4 +259,34 @@ func replicaName() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return fmt.Sprintf("%s-%d-%x", host, os.Getpid(), b)
+}
+
+// reloadConfig re-reads the configuration on SIGHUP and applies what can
+// change live: the log level and the poll interval. A bad file changes
+// nothing; other changed settings are reported as needing a restart.
+func reloadConfig(cur *config.Config, live *liveSettings, poll *poller.Poller, logger *slog.Logger) *config.Config {
+	next, err := live.reload()
+	if err != nil {
+		logger.Error("reload: configuration refused; keeping the running one", "error", err)
+		return cur
+	}
+	setLevel(live.level, next)
+	poll.SetInterval(next.Poll.Interval)
+	old, now := cur.Effective(), next.Effective()
+	var restart []string
+	for i := range old {
+		switch old[i].Key {
+		case "log.level", "poll.interval":
+			continue
+		}
+		if old[i].Value != now[i].Value {
+			restart = append(restart, old[i].Key)
+		}
+	}
+	logger.Info("reload: configuration applied", "log_level", next.Log.Level, "poll_interval", next.Poll.Interval.String())
+	if len(restart) > 0 {
+		logger.Warn("reload: these settings change only with a restart", "settings", restart)
+	}
+	next.Log.Format = cur.Log.Format // the handler's format cannot change live
+	return next
 }

@@ -67,10 +67,11 @@ func loadConfig(env Env, path string) (*config.Config, error) {
 }
 
 // newLogger builds the daemon's slog logger: JSON unless log.format says
-// text or (when unset) the output is a terminal.
-func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.Log.Level)) // validated by config
+// text or (when unset) the output is a terminal. The level can be changed
+// later through the returned LevelVar (SIGHUP).
+func newLogger(cfg *config.Config, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	level := new(slog.LevelVar)
+	setLevel(level, cfg)
 	opts := &slog.HandlerOptions{Level: level}
 	format := cfg.Log.Format
 	if format == "" {
@@ -80,9 +81,16 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 		}
 	}
 	if strings.EqualFold(format, "text") {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(slog.NewTextHandler(w, opts)), level
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(slog.NewJSONHandler(w, opts)), level
+}
+
+// setLevel applies log.level (validated by config, so the parse cannot fail).
+func setLevel(v *slog.LevelVar, cfg *config.Config) {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(cfg.Log.Level))
+	v.Set(l)
 }
 
 func isTerminal(w io.Writer) bool {

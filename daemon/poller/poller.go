@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,7 +124,8 @@ type Poller struct {
 	log       *slog.Logger
 	m         *metrics
 
-	workers chan struct{} // the bounded pool: one token per poll in flight
+	workers  chan struct{} // the bounded pool: one token per poll in flight
+	interval atomic.Int64  // Config.Interval, changeable live (SIGHUP)
 
 	mu      sync.Mutex
 	hosts   map[string]chan struct{} // per-host caps
@@ -142,8 +144,20 @@ func New(cfg Config, store kv.Store, wf Workflows, st Settings, inbox Inbox, log
 		hosts:   map[string]chan struct{}{},
 		tenants: map[userid.ID]*tenant{},
 	}
+	p.interval.Store(int64(cfg.Interval))
 	p.m = newMetrics(reg, p)
 	return p, nil
+}
+
+// Interval is the time between two polls of one user.
+func (p *Poller) Interval() time.Duration { return time.Duration(p.interval.Load()) }
+
+// SetInterval changes the poll interval; each user's next poll after the
+// current one uses it.
+func (p *Poller) SetInterval(d time.Duration) {
+	if d > 0 {
+		p.interval.Store(int64(d))
+	}
 }
 
 // Run discovers tenants every Refresh and runs one loop per tenant until ctx

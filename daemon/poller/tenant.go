@@ -103,7 +103,7 @@ func (t *tenant) run(ctx context.Context) {
 	defer leaseTimer.Stop()
 	// The first poll of a tenant is spread over one interval's jitter so that
 	// a restart does not poll every inbox in the same second.
-	next := time.Now().Add(time.Duration(float64(p.cfg.Interval) * p.cfg.Jitter * rand.Float64()))
+	next := time.Now().Add(time.Duration(float64(p.Interval()) * p.cfg.Jitter * rand.Float64()))
 	pollTimer := time.NewTimer(time.Until(next))
 	defer pollTimer.Stop()
 
@@ -206,7 +206,7 @@ func (t *tenant) record(ctx context.Context, newMessages int, err error) time.Du
 		t.state = StateActive
 		t.status.LastSuccess = now
 		t.status.LastError = ""
-		wait = jittered(p.cfg.Interval, p.cfg.Jitter)
+		wait = jittered(p.Interval(), p.cfg.Jitter)
 		if newMessages >= p.cfg.BatchLimit {
 			wait = 0 // more mail is waiting: go on at once
 		}
