@@ -29,9 +29,6 @@ import (
 	"github.com/inboxd/inboxd/daemon/workflow"
 )
 
-// shutdownGrace is how long in-flight HTTP requests may take after SIGTERM.
-const shutdownGrace = 10 * time.Second
-
 func runServe(ctx context.Context, env Env, args []string) error {
 	fs, cfgPath := newFlags(env, "serve", "serve [--config FILE]")
 	if err := parseFlags(fs, args); err != nil {
@@ -90,7 +87,7 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 	runner, err := workflow.NewRunner(workflow.RunnerConfig{
 		Store: workflows, LLM: llm.NewOpenAI(llm.Options{Registerer: m.Registry, Logger: logger}),
 		Tools: toolCaller, Logs: logStore, Settings: settingsStore,
-		Workers: cfg.Workflow.Workers, Lease: cfg.Workflow.Lease, Owner: owner, Logger: logger, Registerer: m.Registry,
+		Workers: cfg.Workflow.Workers, Lease: cfg.Workflow.Lease, Grace: cfg.ShutdownGrace, Owner: owner, Logger: logger, Registerer: m.Registry,
 	})
 	if err != nil {
 		return err
@@ -174,7 +171,7 @@ wait:
 	for {
 		select {
 		case <-ctx.Done():
-			logger.Info("shutting down", "grace", shutdownGrace.String())
+			logger.Info("shutting down", "grace", cfg.ShutdownGrace.String())
 			break wait
 		case err := <-serveErr:
 			return fmt.Errorf("http server: %w", err)
@@ -186,7 +183,7 @@ wait:
 	}
 	_ = notifier.Stopping()
 	stopWatchdog()
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		logger.Warn("http shutdown did not finish in time", "error", err)

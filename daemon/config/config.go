@@ -31,6 +31,10 @@ type Config struct {
 	KVURL         string
 	VectorsURL    string
 	SecretKeyFile string
+	// ShutdownGrace bounds a clean stop: in-flight requests and workflow
+	// steps may finish within it, then what is left is interrupted (and
+	// resumes on the next start).
+	ShutdownGrace time.Duration
 	Auth          Auth
 	Plugins       Plugins
 	Poll          Poll
@@ -178,13 +182,15 @@ func options() []option {
 	s("kv_url", "embedded", true, func(c *Config) *string { return &c.KVURL })
 	s("vectors_url", "embedded", true, func(c *Config) *string { return &c.VectorsURL })
 	s("secret_key_file", "", false, func(c *Config) *string { return &c.SecretKeyFile })
+	f, g := duration(func(c *Config) *time.Duration { return &c.ShutdownGrace })
+	add("shutdown_grace", "10s", false, f, g)
 	s("auth.mode", "none", false, func(c *Config) *string { return &c.Auth.Mode })
 	s("auth.password", "", true, func(c *Config) *string { return &c.Auth.Password })
 	s("auth.password_file", "", false, func(c *Config) *string { return &c.Auth.PasswordFile })
 	s("auth.oidc_issuer", "", false, func(c *Config) *string { return &c.Auth.OIDCIssuer })
 	s("auth.oidc_audience", "", false, func(c *Config) *string { return &c.Auth.OIDCAudience })
 	s("auth.oidc_email_claim", "email", false, func(c *Config) *string { return &c.Auth.OIDCEmailClaim })
-	f, g := list(func(c *Config) *[]string { return &c.Auth.Admins })
+	f, g = list(func(c *Config) *[]string { return &c.Auth.Admins })
 	add("auth.admins", "", false, f, g)
 	s("plugins.dir", "", false, func(c *Config) *string { return &c.Plugins.Dir })
 	f, g = duration(func(c *Config) *time.Duration { return &c.Poll.Interval })
@@ -360,6 +366,9 @@ func (c *Config) Validate() error {
 		if d < time.Second || d > time.Hour {
 			bad(key, "must be 1s-1h, got %s", d)
 		}
+	}
+	if c.ShutdownGrace < 0 || c.ShutdownGrace > 5*time.Minute {
+		bad("shutdown_grace", "must be 0-5m, got %s", c.ShutdownGrace)
 	}
 	if c.Poll.Interval < time.Second {
 		bad("poll.interval", "must be at least 1s, got %s", c.Poll.Interval)

@@ -67,6 +67,9 @@ type RunnerConfig struct {
 	// PollInterval is how often the runner looks for claimable instances
 	// when not kicked (default 1s).
 	PollInterval time.Duration
+	// Grace is how long runs under way may go on after Run's context ends
+	// (shutdown) before they are interrupted; 0 interrupts at once.
+	Grace time.Duration
 	// StepTimeout is the deadline of one step, and of the LLM gate (default 5m).
 	StepTimeout time.Duration
 	// MaxAttempts bounds the claims of one instance: a run interrupted more
@@ -222,9 +225,28 @@ func (r *Runner) Kick() {
 // cancellation); their instances stay running and claimed, with the lease
 // ended, so they resume on the next start or on another replica. Run
 // returns nil after ctx ended.
+//
+// With Config.Grace set, ending ctx first stops claiming and lets the runs
+// under way go on for up to Grace (each finished step is saved as it ends),
+// then interrupts what is left.
 func (r *Runner) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Runs live under their own context, so that they can outlast ctx by
+	// the grace period.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if r.cfg.Grace > 0 {
+			drained := make(chan struct{})
+			go func() { wg.Wait(); close(drained) }()
+			select {
+			case <-drained:
+			case <-time.After(r.cfg.Grace):
+				r.log.Info("workflow: grace period over; interrupting the runs under way")
+			}
+		}
+		stopWork()
+		wg.Wait()
+	}()
 	slots := make(chan struct{}, r.cfg.Workers)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -235,14 +257,14 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-r.kick:
 		case <-timer.C:
 		}
-		r.claimWhileFree(ctx, slots, &wg)
+		r.claimWhileFree(ctx, workCtx, slots, &wg)
 		timer.Reset(r.cfg.PollInterval)
 	}
 }
 
 // claimWhileFree claims instances while a worker slot is free and starts a
 // worker for each.
-func (r *Runner) claimWhileFree(ctx context.Context, slots chan struct{}, wg *sync.WaitGroup) {
+func (r *Runner) claimWhileFree(ctx, workCtx context.Context, slots chan struct{}, wg *sync.WaitGroup) {
 	for ctx.Err() == nil {
 		select {
 		case slots <- struct{}{}:
@@ -264,7 +286,7 @@ func (r *Runner) claimWhileFree(ctx context.Context, slots chan struct{}, wg *sy
 				<-slots
 				r.Kick()
 			}()
-			r.execute(ctx, inst, steps)
+			r.execute(workCtx, inst, steps)
 		}()
 	}
 }

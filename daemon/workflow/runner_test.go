@@ -883,3 +883,45 @@ func TestRunnerResumeDecided(t *testing.T) {
 		t.Errorf("resumed runs ran steps: %d llm calls, %d tool calls", n, calls.count("t-echo"))
 	}
 }
+
+// TestRunnerGrace: at shutdown a run under way may finish within the grace
+// period; without one it is interrupted and left to resume.
+func TestRunnerGrace(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		grace  time.Duration
+		status string
+	}{
+		{"finishes within the grace period", 5 * time.Second, StatusCompleted},
+		{"interrupted without one", 0, StatusRunning},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := openDB(t, "sqlite://"+t.TempDir()+"/inboxd.db")
+			h := newHarness(t, db)
+			user := newUser(t, db)
+			entered := make(chan struct{}, 1)
+			h.tools.Add(tools.Spec{Name: "t-slow"}, func(ctx context.Context, _ tools.Call) (tools.Result, error) {
+				entered <- struct{}{}
+				select {
+				case <-time.After(400 * time.Millisecond):
+					return textResult("slow done"), nil
+				case <-ctx.Done():
+					return tools.Result{}, ctx.Err()
+				}
+			})
+			h.tools.Add(tools.Spec{Name: "t-count"}, func(context.Context, tools.Call) (tools.Result, error) { return textResult("one"), nil })
+			w := h.create(user, Workflow{Name: "graceful", Steps: []Step{
+				{Name: "slow", Kind: KindTool, Tool: "t-slow", Arguments: json.RawMessage(`{}`)},
+				{Name: "after", Kind: KindTool, Tool: "t-count", Arguments: json.RawMessage(`{}`)},
+			}})
+			stop := start(t, h.runner(func(c *RunnerConfig) { c.Grace = tc.grace }))
+			inst := h.enqueue(user, w.ID, TriggerInput{Markdown: "x"})
+			<-entered
+			stop() // returns once the runner has drained or interrupted
+			got := must[Instance](t)(h.store.GetInstance(context.Background(), user, inst.ID))
+			if got.Status != tc.status {
+				t.Errorf("after shutdown: %s %v, want %s", got.Status, stepStatuses(got), tc.status)
+			}
+		})
+	}
+}
