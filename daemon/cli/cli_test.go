@@ -15,7 +15,14 @@ import (
 	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
-func TestMain(m *testing.M) { testsvc.Main(m) }
+func TestMain(m *testing.M) {
+	// The daemon re-executes its own binary (here, this test binary) as
+	// `plugin serve NAME` for the built-in plugins: serve them.
+	if len(os.Args) == 4 && os.Args[1] == "plugin" && os.Args[2] == "serve" {
+		os.Exit(Main(context.Background(), Env{Args: os.Args[1:], Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}))
+	}
+	testsvc.Main(m)
+}
 
 // run runs the command line with an environment of vars plus a fresh data dir.
 func run(t *testing.T, vars map[string]string, args ...string) (code int, stdout, stderr string) {

@@ -126,6 +126,7 @@ type Poller struct {
 
 	workers  chan struct{} // the bounded pool: one token per poll in flight
 	interval atomic.Int64  // Config.Interval, changeable live (SIGHUP)
+	share    atomic.Int64  // the most leases this replica holds (balancing)
 
 	mu      sync.Mutex
 	hosts   map[string]chan struct{} // per-host caps
@@ -172,17 +173,98 @@ func (p *Poller) Run(ctx context.Context) error {
 		p.mu.Unlock()
 		wg.Wait()
 	}()
-	tick := time.NewTicker(p.cfg.Refresh)
+	defer p.leaveReplicas()
+	tick := time.NewTicker(min(p.cfg.Refresh, p.cfg.LeaseTTL/3))
 	defer tick.Stop()
+	lastDiscover := time.Time{}
 	for {
-		if err := p.discover(ctx, &wg); err != nil && ctx.Err() == nil {
-			p.log.Error("poller: discover tenants", "error", err)
+		if time.Since(lastDiscover) >= p.cfg.Refresh {
+			if err := p.discover(ctx, &wg); err != nil && ctx.Err() == nil {
+				p.log.Error("poller: discover tenants", "error", err)
+			}
+			lastDiscover = time.Now()
+		}
+		if err := p.balance(ctx); err != nil && ctx.Err() == nil {
+			p.log.Warn("poller: replica heartbeat", "error", err)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
+	}
+}
+
+// Balancing. Each replica announces itself with lease:replica:{owner}
+// (expiring after one lease period), and holds at most a fair share of the
+// polled users: ceil(users/replicas) plus a little slack. A replica over its
+// share releases leases, which the others take; one that dies stops counting
+// within a lease period, so the survivors' shares grow in time to take its
+// users over.
+
+func replicaKey(owner string) string { return "lease:replica:" + owner }
+
+// balance refreshes this replica's heartbeat, recomputes the fair share, and
+// sheds the leases held beyond it.
+func (p *Poller) balance(ctx context.Context) error {
+	if err := p.kv.Set(ctx, replicaKey(p.cfg.Owner), "1", p.cfg.LeaseTTL); err != nil {
+		return err
+	}
+	live, err := p.kv.Scan(ctx, "lease:replica:")
+	if err != nil {
+		return err
+	}
+	replicas := max(len(live), 1)
+	p.mu.Lock()
+	users := len(p.tenants)
+	share := (users+replicas-1)/replicas + max(1, users/(20*replicas))
+	p.share.Store(int64(share))
+	var held, free []*tenant
+	for _, t := range p.tenants {
+		if t.keeper.holding() != nil {
+			held = append(held, t)
+		} else {
+			free = append(free, t)
+		}
+	}
+	p.mu.Unlock()
+	if len(held) > share {
+		for _, t := range held[share:] {
+			t.keeper.shed()
+		}
+		return nil
+	}
+	// Room for more: the free users' keepers try now rather than at their
+	// next renewal (a new replica's share, or a dead one's users).
+	for _, t := range free[:min(len(free), share-len(held))] {
+		t.keeper.poke()
+	}
+	return nil
+}
+
+// mayAcquire reports whether this replica may take one more lease.
+func (p *Poller) mayAcquire() bool {
+	share := p.share.Load()
+	if share <= 0 {
+		return true // not computed yet
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := int64(0)
+	for _, t := range p.tenants {
+		if t.keeper.holding() != nil {
+			n++
+		}
+	}
+	return n < share
+}
+
+// leaveReplicas removes this replica's heartbeat on a clean stop.
+func (p *Poller) leaveReplicas() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := p.kv.Delete(ctx, replicaKey(p.cfg.Owner)); err != nil {
+		p.log.Warn("poller: leave replicas", "error", err)
 	}
 }
 
@@ -218,6 +300,7 @@ func (p *Poller) discover(ctx context.Context, wg *sync.WaitGroup) error {
 		}
 		tctx, cancel := context.WithCancel(ctx)
 		t := &tenant{p: p, id: id, acct: acct, cancel: cancel, kick: make(chan struct{}, 1), state: StateStarting}
+		t.keeper = &leaseKeeper{t: t, acquired: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
 		p.tenants[id] = t
 		wg.Add(1)
 		go func() {

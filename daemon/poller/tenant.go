@@ -28,6 +28,7 @@ type tenant struct {
 	acct   mail.Account
 	cancel context.CancelFunc
 	kick   chan struct{} // 1-slot: a pending "poll now"
+	keeper *leaseKeeper  // set before the tenant's loop starts
 
 	mu         sync.Mutex
 	state      string
@@ -49,91 +50,180 @@ func (t *tenant) getState() string {
 	return t.state
 }
 
-// run is the tenant's loop. The lease is taken before the first poll,
-// renewed every LeaseTTL/3 whether or not a poll is due, and released on exit
-// so that another replica takes over at once on a clean shutdown.
+// run is the tenant's loop. A lease keeper (its own goroutine) takes the
+// lease, renews it every LeaseTTL/3 whatever the polls are doing, and keeps
+// a holding context that ends the moment the lease may have expired; every
+// poll (and the IDLE watcher) runs under that context, so a replica never
+// polls a user it does not hold — even while a slow poll or a wait for a
+// worker outlasts a renewal. The lease is released on exit so that another
+// replica takes over at once on a clean shutdown.
 func (t *tenant) run(ctx context.Context) {
 	p := t.p
-	held := false
-	defer func() {
-		if held {
-			// A fresh context: ctx is done, but the release must still happen.
-			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if _, err := p.kv.CompareAndDelete(rctx, leaseKey(t.id), p.cfg.Owner); err != nil {
-				p.log.Warn("poller: release lease", "user_id", t.id, "error", err)
-			}
-		}
-	}()
-
-	var (
-		idleCancel context.CancelFunc
-		idleDone   chan struct{}
-	)
-	stopIdle := func() {
-		if idleCancel != nil {
-			idleCancel()
-			<-idleDone
-			idleCancel, idleDone = nil, nil
-		}
-	}
-	defer stopIdle()
-
 	renewEvery := p.cfg.LeaseTTL / 3
-	renew := func() {
-		ok, err := t.holdLease(ctx, held)
-		if err != nil && ctx.Err() == nil {
-			p.log.Warn("poller: lease", "user_id", t.id, "error", err)
-		}
-		if held && !ok {
-			p.log.Info("poller: lease lost to another replica", "user_id", t.id)
-			stopIdle()
-		}
-		held = ok
-		if !held {
-			t.setState(StateElsewhere)
-		} else if p.cfg.IDLE && idleCancel == nil {
-			ictx, cancel := context.WithCancel(ctx)
-			idleCancel, idleDone = cancel, make(chan struct{})
-			go t.watch(ictx, idleDone)
-		}
-	}
-	renew()
-	leaseTimer := time.NewTimer(renewEvery)
-	defer leaseTimer.Stop()
+	keeper := t.keeper
+	keeperDone := make(chan struct{})
+	go func() {
+		defer close(keeperDone)
+		keeper.run(ctx, renewEvery)
+	}()
+	defer func() { <-keeperDone }()
+
 	// The first poll of a tenant is spread over one interval's jitter so that
 	// a restart does not poll every inbox in the same second.
 	next := time.Now().Add(time.Duration(float64(p.Interval()) * p.cfg.Jitter * rand.Float64()))
 	pollTimer := time.NewTimer(time.Until(next))
 	defer pollTimer.Stop()
-
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-leaseTimer.C:
-			renew()
-			leaseTimer.Reset(renewEvery)
+		case <-keeper.acquired:
+			// Held now: poll when due (at once if it fell due meanwhile).
+			pollTimer.Reset(max(0, time.Until(next)))
 			continue
 		case <-t.kick:
 		case <-pollTimer.C:
 		}
-		if !held {
+		held := keeper.holding()
+		if held == nil {
+			t.setState(StateElsewhere)
 			pollTimer.Reset(renewEvery)
 			continue
 		}
-		wait := t.pollSlot(ctx, next)
+		wait := t.pollSlot(held, next)
 		if ctx.Err() != nil {
 			return
 		}
-		next = time.Now().Add(wait)
-		if !pollTimer.Stop() {
-			select {
-			case <-pollTimer.C:
-			default:
-			}
+		if held.Err() != nil {
+			wait = renewEvery // the lease ended during the poll: nothing was recorded
 		}
+		next = time.Now().Add(wait)
 		pollTimer.Reset(wait)
+	}
+}
+
+// leaseKeeper holds lease:poll:{uuid} for a tenant.
+type leaseKeeper struct {
+	t        *tenant
+	acquired chan struct{} // 1-slot: the lease was just taken
+	retry    chan struct{} // 1-slot: try to take the lease now
+
+	mu     sync.Mutex
+	hold   context.Context    // nil or ended: not held
+	cancel context.CancelFunc // ends hold
+	expiry *time.Timer        // ends hold when the lease may have expired
+
+	watchers sync.WaitGroup // IDLE watchers, one per holding
+}
+
+// holding returns the context of the current holding, or nil when the
+// lease is not held (or may have expired).
+func (k *leaseKeeper) holding() context.Context {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.hold == nil || k.hold.Err() != nil {
+		return nil
+	}
+	return k.hold
+}
+
+func (k *leaseKeeper) run(ctx context.Context, renewEvery time.Duration) {
+	defer k.release()
+	tick := time.NewTicker(renewEvery)
+	defer tick.Stop()
+	for {
+		k.renew(ctx, renewEvery)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-k.retry:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// renew takes or renews the lease once. The holding lasts until the time the
+// request was sent plus the TTL, less a margin for clock drift between this
+// process and the KV.
+func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) {
+	t, p := k.t, k.t.p
+	sent := time.Now()
+	held := k.holding() != nil
+	if !held && !p.mayAcquire() {
+		return // at our fair share: leave this user to another replica
+	}
+	rctx, cancel := context.WithTimeout(ctx, renewEvery)
+	ok, err := t.holdLease(rctx, held)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	until := sent.Add(p.cfg.LeaseTTL - p.cfg.LeaseTTL/10)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch {
+	case ok && k.hold != nil && k.hold.Err() == nil:
+		k.expiry.Reset(time.Until(until))
+	case ok:
+		k.hold, k.cancel = context.WithCancel(ctx)
+		k.expiry = time.AfterFunc(time.Until(until), k.cancel)
+		select {
+		case k.acquired <- struct{}{}:
+		default:
+		}
+		if p.cfg.IDLE {
+			hold := k.hold
+			k.watchers.Add(1)
+			go func() {
+				defer k.watchers.Done()
+				t.watch(hold)
+			}()
+		}
+	case err != nil:
+		// Unknown outcome: the holding ends by itself when its time is up.
+		p.log.Warn("poller: lease", "user_id", t.id, "error", err)
+	case k.hold != nil && k.hold.Err() == nil:
+		p.log.Info("poller: lease lost to another replica", "user_id", t.id)
+		k.cancel()
+	}
+}
+
+// poke asks the keeper to try for the lease now.
+func (k *leaseKeeper) poke() {
+	select {
+	case k.retry <- struct{}{}:
+	default:
+	}
+}
+
+// shed gives the lease up for another replica to take (balancing).
+func (k *leaseKeeper) shed() {
+	k.t.p.log.Debug("poller: lease shed for balance", "user_id", k.t.id)
+	k.release()
+}
+
+// release ends the holding and, if the lease may still be ours, deletes it.
+func (k *leaseKeeper) release() {
+	t, p := k.t, k.t.p
+	k.mu.Lock()
+	held := k.hold != nil && k.hold.Err() == nil
+	if k.cancel != nil {
+		k.cancel()
+		k.expiry.Stop()
+	}
+	k.mu.Unlock()
+	k.watchers.Wait()
+	if !held {
+		return
+	}
+	// A fresh context: the tenant's is done, but the release must happen.
+	rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := p.kv.CompareAndDelete(rctx, leaseKey(t.id), p.cfg.Owner); err != nil {
+		p.log.Warn("poller: release lease", "user_id", t.id, "error", err)
 	}
 }
 
@@ -253,8 +343,7 @@ func (t *tenant) setState(s string) {
 
 // watch keeps an IDLE connection open and kicks a poll on every change. When
 // IDLE fails it retries with backoff; interval polling goes on meanwhile.
-func (t *tenant) watch(ctx context.Context, done chan struct{}) {
-	defer close(done)
+func (t *tenant) watch(ctx context.Context) {
 	p := t.p
 	failures := 0
 	for ctx.Err() == nil {
