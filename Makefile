@@ -20,9 +20,9 @@ CONFDIR     ?= /etc/inboxd
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINARY) .
 
-# No configuration: embedded stores under ./data.
+# No configuration: embedded stores under ./data, with the built-in demo.
 run: build
-	./$(BINARY) serve
+	./$(BINARY) serve --demo
 
 # Installs missing Debian packages first (as root), then runs every test with
 # the real servers required: a missing server fails instead of skipping.

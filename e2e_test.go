@@ -536,3 +536,59 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Fatalf("after a refused reload: readyz %d", code)
 	}
 }
+
+// TestDemoProcessesMailAndStopsCleanly is `make run`: with --demo and no
+// configuration, both demo users' mail is processed within a minute, and an
+// interrupt (Ctrl-C) ends the daemon with exit code 0 and no plugin process
+// left behind.
+func TestDemoProcessesMailAndStopsCleanly(t *testing.T) {
+	d := newDaemon(t)
+	d.args = []string{"--demo"}
+	d.start()
+	out := func() string { b, _ := os.ReadFile(d.logPath); return string(b) }
+	waitUntil(t, "both demo users' runs", time.Minute, func() bool {
+		o := out()
+		return strings.Contains(o, "demo: alice    run ") && strings.Contains(o, "demo: bob      run ")
+	})
+	for _, want := range []string{"run completed", "To turn the demo off"} {
+		waitUntil(t, want, time.Minute, func() bool { return strings.Contains(out(), want) })
+	}
+	if code := d.call("GET", "/metrics", nil, nil); code != 200 {
+		t.Errorf("/metrics: %d", code)
+	}
+	if err := d.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.exited:
+		if err != nil {
+			t.Fatalf("exit after interrupt: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no exit within 30 s of the interrupt")
+	}
+	if left := pluginProcesses(t, d.bin); len(left) > 0 {
+		t.Errorf("plugin processes outlived the daemon: %v", left)
+	}
+}
+
+// pluginProcesses lists the pids of `BIN plugin serve ...` processes.
+func pluginProcesses(t *testing.T, bin string) []string {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []string
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		if len(args) >= 3 && args[0] == bin && args[1] == "plugin" && args[2] == "serve" {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
+}

@@ -64,6 +64,9 @@ func TestBinaryOnEmbeddedDefaults(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(work, "data", "inboxd.db")); err != nil {
 		t.Errorf("no database under ./data: %v", err)
 	}
+	if running := pluginProcesses(t, bin); len(running) != 2 {
+		t.Errorf("built-in plugin processes while serving: %v, want imap and tone", running)
+	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -75,5 +78,9 @@ func TestBinaryOnEmbeddedDefaults(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("no exit within 15 s of SIGTERM")
+	}
+	// The built-in plugins ran as children; none may outlive the daemon.
+	if left := pluginProcesses(t, bin); len(left) > 0 {
+		t.Errorf("plugin processes outlived the daemon: %v", left)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/inboxd/inboxd/daemon/auth"
+	"github.com/inboxd/inboxd/daemon/embed"
+	"github.com/inboxd/inboxd/daemon/jobs"
 	"github.com/inboxd/inboxd/daemon/logs"
 	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/metrics"
@@ -46,9 +48,12 @@ type Deps struct {
 	Workflows *workflow.Store
 	Logs      *logs.Store
 	Tools     tools.Caller
-	Metrics   *metrics.Metrics
-	Logger    *slog.Logger
-	Ready     []Check
+	// Jobs runs background jobs; their routes are registered only when set.
+	Jobs    *jobs.Manager
+	Catalog *embed.Catalog // GET /api/v1/embedding-models
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	Ready   []Check
 	// IMAPDial tunes test-imap connections (timeouts, TLS roots); zero is fine.
 	IMAPDial mail.DialOptions
 }
@@ -93,6 +98,9 @@ func (s *Server) routes() {
 	}
 	if s.d.Logs != nil {
 		s.logRoutes()
+	}
+	if s.d.Jobs != nil {
+		s.jobRoutes(s.d.Jobs, s.d.Catalog)
 	}
 
 	s.admin("GET /api/v1/users", s.listUsers)

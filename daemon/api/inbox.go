@@ -3,6 +3,7 @@ package api
 import (
 	"net/http"
 
+	"github.com/inboxd/inboxd/daemon/jobs"
 	"github.com/inboxd/inboxd/daemon/poller"
 	"github.com/inboxd/inboxd/daemon/users"
 )
@@ -23,7 +24,11 @@ func (s *Server) inboxStatus(w http.ResponseWriter, r *http.Request, u users.Use
 		"failures":     st.Failures,
 		"next_attempt": nullTime(st.NextAttempt.IsZero(), st.NextAttempt),
 	}
-	initialization := map[string]any{"status": "not_started", "progress": map[string]int{"done": 0, "total": 0}, "last_error": ""}
+	initialization, err := jobs.ReadInboxStatus(r.Context(), s.d.KV, u.ID)
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"poll": poll, "initialization": initialization})
 }
 

@@ -41,6 +41,8 @@ func commands() []command {
 		{"serve", "run the daemon", runServe},
 		{"user", "manage users: add, list, disable, api-key", runUser},
 		{"workflow", "manage workflows: apply, list", runWorkflow},
+		{"inbox", "inbox jobs: init", runInbox},
+		{"plugin", "list, describe, serve plugins", runPlugin},
 		{"config", "check the configuration: config check", runConfig},
 		{"version", "print the version", runVersion},
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,19 +19,26 @@ import (
 	"github.com/inboxd/inboxd/daemon/api"
 	"github.com/inboxd/inboxd/daemon/auth"
 	"github.com/inboxd/inboxd/daemon/config"
+	"github.com/inboxd/inboxd/daemon/demo"
+	"github.com/inboxd/inboxd/daemon/embed"
+	"github.com/inboxd/inboxd/daemon/jobs"
 	"github.com/inboxd/inboxd/daemon/llm"
 	"github.com/inboxd/inboxd/daemon/logs"
 	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/metrics"
+	"github.com/inboxd/inboxd/daemon/pluginhost"
 	"github.com/inboxd/inboxd/daemon/poller"
 	"github.com/inboxd/inboxd/daemon/sdnotify"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/tools"
+	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/daemon/vectors"
 	"github.com/inboxd/inboxd/daemon/workflow"
 )
 
 func runServe(ctx context.Context, env Env, args []string) error {
-	fs, cfgPath := newFlags(env, "serve", "serve [--config FILE]")
+	fs, cfgPath := newFlags(env, "serve", "serve [--config FILE] [--demo]")
+	demoFlag := fs.Bool("demo", false, "run the built-in demo: an in-process IMAP server with two demo users and mail arriving every few seconds")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -41,15 +49,20 @@ func runServe(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *demoFlag {
+		cfg.Demo = true
+	}
 	logger, level := newLogger(cfg, env.Stderr)
 	reload := func() (*config.Config, error) { return loadConfig(env, *cfgPath) }
-	return serve(ctx, cfg, logger, &liveSettings{level: level, reload: reload})
+	return serve(ctx, cfg, logger, &liveSettings{level: level, reload: reload, out: env.Stdout})
 }
 
-// liveSettings is what SIGHUP can change without a restart.
+// liveSettings is what SIGHUP can change without a restart, and where the
+// demo's commentary goes.
 type liveSettings struct {
 	level  *slog.LevelVar
 	reload func() (*config.Config, error)
+	out    io.Writer
 }
 
 // serve owns the daemon's start-up and shutdown order:
@@ -81,11 +94,47 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 	settingsStore := settings.NewStore(st.kv, st.box)
 	workflows := workflow.NewStore(st.sql)
 	logStore := logs.NewStore(st.sql)
-	toolCaller := tools.NewStatic() // the plugin host replaces this (plugins issue)
 	owner := replicaName()
+	catalog, err := embed.LoadCatalog("")
+	if err != nil {
+		return err
+	}
+	vecs, err := vectors.Open(cfg.VectorsURL, st.sql, vectors.Options{})
+	if err != nil {
+		return fmt.Errorf("vectors_url: %w", err)
+	}
+	defer vecs.Close()
+	llmClient := llm.NewOpenAI(llm.Options{Registerer: m.Registry, Logger: logger})
+	plugins, err := pluginhost.New(pluginhost.Config{
+		Dir: cfg.Plugins.Dir, BuiltIn: builtinNames(builtinPlugins()), Logger: logger, Registerer: m.Registry,
+		Services: pluginhost.HostServices{
+			Settings: settingsStore, KV: st.kv, Vectors: vecs, LLM: llmClient,
+			Embedder: func(ctx context.Context, user userid.ID) (embed.Embedder, error) {
+				s, err := settingsStore.Get(ctx, user)
+				if err != nil {
+					return nil, err
+				}
+				model, _, err := jobs.ModelFor(catalog, s)
+				if err != nil {
+					return nil, err
+				}
+				return embed.New(model, s.EmbeddingAPIKey, embed.Options{})
+			},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if err := plugins.Start(ctx); err != nil {
+		return err
+	}
+	// Plugins stop after the background work that calls them (deferred
+	// later, so run earlier) and before the stores close.
+	defer plugins.Close()
+	var toolCaller tools.Caller = plugins
 
 	runner, err := workflow.NewRunner(workflow.RunnerConfig{
-		Store: workflows, LLM: llm.NewOpenAI(llm.Options{Registerer: m.Registry, Logger: logger}),
+		Store: workflows, LLM: llmClient,
 		Tools: toolCaller, Logs: logStore, Settings: settingsStore,
 		Workers: cfg.Workflow.Workers, Lease: cfg.Workflow.Lease, Grace: cfg.ShutdownGrace, Owner: owner, Logger: logger, Registerer: m.Registry,
 	})
@@ -109,6 +158,14 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 		return err
 	}
 
+	jobManager, err := jobs.New(jobs.Config{
+		Workers: cfg.Jobs.Workers, KV: st.kv, Settings: settingsStore, Vectors: vecs, Catalog: catalog,
+		LLM: llmClient, Users: st.users, Logger: logger, Registerer: m.Registry, Owner: owner,
+	})
+	if err != nil {
+		return err
+	}
+
 	ready := []api.Check{{Name: "sql", Ping: st.sql.Ping}, {Name: "kv", Ping: st.kv.Ping}}
 	handler := api.New(api.Deps{
 		Auth:      authn,
@@ -118,19 +175,32 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 		Workflows: workflows,
 		Logs:      logStore,
 		Tools:     toolCaller,
+		Jobs:      jobManager,
+		Catalog:   catalog,
 		Metrics:   m,
 		Logger:    logger,
 		Ready:     ready,
 	})
+
+	background := map[string]func(context.Context) error{
+		"workflow runner": runner.Run, "scheduler": scheduler.Run, "poller": poll.Run, "jobs": jobManager.Run,
+	}
+	if cfg.Demo {
+		d, err := demo.Start(ctx, demo.Stores{Users: st.users, Settings: settingsStore, Workflows: workflows}, demo.Options{Out: live.out})
+		if err != nil {
+			return err
+		}
+		background["demo"] = d.Run
+	} else if err := demo.Retire(ctx, st.users); err != nil {
+		return err
+	}
 
 	// Background work runs under its own context: on shutdown it is
 	// cancelled only after the HTTP server stopped taking requests.
 	workCtx, stopWork := context.WithCancel(context.Background())
 	var work sync.WaitGroup
 	defer func() { stopWork(); work.Wait() }() // on every return, before the stores close
-	for name, run := range map[string]func(context.Context) error{
-		"workflow runner": runner.Run, "scheduler": scheduler.Run, "poller": poll.Run,
-	} {
+	for name, run := range background {
 		work.Add(1)
 		go func() {
 			defer work.Done()
@@ -157,6 +227,16 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 
 	logger.Info("inboxd serving", "version", version, "listen", "http://"+ln.Addr().String(),
 		"auth_mode", cfg.Auth.Mode, "data_dir", cfg.DataDir, "database", st.sql.Dialect.String(), "kv", kvKind(cfg))
+	if cfg.Demo {
+		fmt.Fprintf(live.out, `
+inboxd is running with the built-in demo on http://%s (auth mode %s).
+  The demo users' runs show below; the API and /metrics are live:
+    curl -s http://%[1]s/api/v1/inbox/status    curl -s http://%[1]s/metrics | grep inboxd_
+  To add your own account: PUT your IMAP settings to /api/v1/settings and create a workflow
+  (see README.md). To turn the demo off, run "inboxd serve" without --demo (demo = false).
+
+`, ln.Addr(), cfg.Auth.Mode)
+	}
 	if err := notifier.Ready(); err != nil {
 		logger.Warn("sd_notify READY failed", "error", err)
 	}

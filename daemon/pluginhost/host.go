@@ -1,0 +1,469 @@
+// Package pluginhost owns the client side of inboxd's tool plugins: it
+// discovers them (every executable file in the plugin directory, plus the
+// first-party plugins built into the inboxd binary, started as
+// `inboxd plugin serve NAME`), starts them over hashicorp/go-plugin (gRPC),
+// describes their tools, health-checks them, restarts a crashed plugin with
+// exponential backoff, and stops them all (no orphans) on Close.
+//
+// Host implements tools.Caller: every call gets a deadline, the user
+// context in gRPC metadata, and a capability token minted for that call.
+// The host services a plugin reaches back through (settings, its own KV,
+// vector search, LLM completion, tone profile) are served over the
+// go-plugin GRPCBroker, one connection per plugin process, and authorise
+// every request by that token alone: the user is the token's, so a plugin
+// cannot reach another user's data by naming another user. Secrets go only
+// to plugins that declared the need for them.
+package pluginhost
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/inboxd/inboxd/daemon/embed"
+	"github.com/inboxd/inboxd/daemon/llm"
+	"github.com/inboxd/inboxd/daemon/settings"
+	"github.com/inboxd/inboxd/daemon/storage/kv"
+	"github.com/inboxd/inboxd/daemon/tools"
+	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/daemon/vectors"
+	"github.com/inboxd/inboxd/sdk"
+	"github.com/inboxd/inboxd/sdk/pluginpb"
+)
+
+// Defaults of Config.
+const (
+	DefaultCallTimeout    = 60 * time.Second
+	DefaultStartTimeout   = 15 * time.Second
+	DefaultHealthInterval = 15 * time.Second
+	DefaultMinBackoff     = 500 * time.Millisecond
+	DefaultMaxBackoff     = 60 * time.Second
+)
+
+// SettingsSource reads a user's settings (settings.Store).
+type SettingsSource interface {
+	Get(ctx context.Context, user userid.ID) (settings.Settings, error)
+}
+
+// HostServices are the daemon's stores and clients behind the host
+// services. A nil member makes its services answer Unavailable.
+type HostServices struct {
+	Settings SettingsSource
+	KV       kv.Store
+	Vectors  vectors.Store
+	// Embedder returns the user's embedder (for VectorSearch queries).
+	Embedder func(ctx context.Context, user userid.ID) (embed.Embedder, error)
+	LLM      llm.Client
+	// LLMEndpoint returns the user's LLM endpoint and model; nil means the
+	// user's settings (llm_base_url, llm_api_key, llm_model).
+	LLMEndpoint func(ctx context.Context, user userid.ID) (llm.Endpoint, string, error)
+}
+
+// Config configures a Host.
+type Config struct {
+	// Dir is the plugin directory: every executable regular file in it is
+	// a plugin whose name is the file name. "" or a missing directory
+	// means none.
+	Dir string
+	// BuiltIn names the first-party plugins served by the inboxd binary
+	// itself (re-executed as `inboxd plugin serve NAME`).
+	BuiltIn []string
+	// Only, when set, limits the plugins started to these names (for
+	// `inboxd plugin describe NAME`).
+	Only []string
+	// CallTimeout bounds every call (default 60 s); a caller's earlier
+	// deadline wins.
+	CallTimeout time.Duration
+	// StartTimeout bounds a plugin's start-up and Describe (default 15 s).
+	StartTimeout time.Duration
+	// HealthInterval is how often a running plugin is pinged (default 15 s).
+	HealthInterval time.Duration
+	// MinBackoff and MaxBackoff bound the wait before restarting a crashed
+	// plugin; it doubles per crash and resets after a minute of health
+	// (defaults 500 ms and 60 s).
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 *slog.Logger
+	// Registerer takes the plugin metrics; nil means not registered.
+	Registerer prometheus.Registerer
+	Services   HostServices
+}
+
+// Host runs the plugins. It is safe for concurrent use.
+type Host struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *hostMetrics
+	tokens  *minter
+	exe     string // the inboxd binary, for built-in plugins
+
+	mu      sync.RWMutex
+	plugins map[string]*managed
+	started bool
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+var _ tools.Caller = (*Host)(nil)
+
+// New validates cfg and returns a Host; Start launches the plugins.
+func New(cfg Config) (*Host, error) {
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = DefaultHealthInterval
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	for _, name := range cfg.BuiltIn {
+		if err := checkName(name); err != nil {
+			return nil, fmt.Errorf("pluginhost: built-in plugin: %w", err)
+		}
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("pluginhost: metrics: %w", err)
+	}
+	h := &Host{cfg: cfg, log: cfg.Logger, metrics: m, tokens: newMinter(), plugins: map[string]*managed{}}
+	if len(cfg.BuiltIn) > 0 {
+		if h.exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("pluginhost: locate the inboxd binary for built-in plugins: %w", err)
+		}
+	}
+	return h, nil
+}
+
+// checkName applies the SDK's rule for plugin names.
+func checkName(name string) error {
+	return sdk.Plugin{Name: name}.Validate()
+}
+
+// Start discovers and launches every plugin and waits until each has been
+// described or has failed its first start (which is logged, shown by
+// Plugins, and retried with backoff). It fails only when the plugin
+// directory cannot be read or ctx ends. Call it once.
+func (h *Host) Start(ctx context.Context) error {
+	srcs, err := h.discover()
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if h.started {
+		h.mu.Unlock()
+		return errors.New("pluginhost: Start called twice")
+	}
+	h.started = true
+	runCtx, stop := context.WithCancel(context.Background())
+	h.stop = stop
+	var firsts []chan struct{}
+	for _, src := range srcs {
+		m := newManaged(h, src)
+		h.plugins[src.name] = m
+		firsts = append(firsts, m.first)
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			m.supervise(runCtx)
+		}()
+	}
+	h.mu.Unlock()
+	for _, f := range firsts {
+		select {
+		case <-f:
+		case <-ctx.Done():
+			return fmt.Errorf("pluginhost: start: %w", ctx.Err())
+		}
+	}
+	for _, info := range h.Plugins() {
+		names := make([]string, len(info.Tools))
+		for i, t := range info.Tools {
+			names[i] = t.Name
+		}
+		if info.State == StateRunning {
+			h.log.Info("plugin started", "plugin", info.Name, "version", info.Version, "source", info.Source, "tools", names, "needs", info.Needs)
+		} else {
+			h.log.Error("plugin failed to start; retrying with backoff", "plugin", info.Name, "source", info.Source, "error", info.Error)
+		}
+	}
+	return nil
+}
+
+// source is where a plugin comes from.
+type source struct {
+	name string   // the plugin's name: the file name, or the built-in's name
+	path string   // the executable
+	args []string // its arguments
+	desc string   // for logs and Info: the file, or "builtin"
+}
+
+// discover lists the built-in plugins and the plugin directory (less
+// those Only leaves out).
+func (h *Host) discover() ([]source, error) {
+	srcs, err := h.discoverAll()
+	if err != nil || len(h.cfg.Only) == 0 {
+		return srcs, err
+	}
+	return slices.DeleteFunc(srcs, func(s source) bool { return !slices.Contains(h.cfg.Only, s.name) }), nil
+}
+
+func (h *Host) discoverAll() ([]source, error) {
+	var srcs []source
+	seen := map[string]bool{}
+	for _, name := range h.cfg.BuiltIn {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		srcs = append(srcs, source{name: name, path: h.exe, args: []string{"plugin", "serve", name}, desc: "builtin"})
+	}
+	if h.cfg.Dir == "" {
+		return srcs, nil
+	}
+	entries, err := os.ReadDir(h.cfg.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return srcs, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pluginhost: read plugin directory: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		path := filepath.Join(h.cfg.Dir, name)
+		fi, err := os.Stat(path) // follows symlinks
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+			continue
+		}
+		if err := checkName(name); err != nil {
+			h.log.Error("plugin file skipped: its name is not a plugin name", "file", path, "error", err)
+			continue
+		}
+		if seen[name] {
+			h.log.Error("plugin file skipped: a plugin of that name exists", "file", path, "plugin", name)
+			continue
+		}
+		seen[name] = true
+		srcs = append(srcs, source{name: name, path: path, desc: path})
+	}
+	return srcs, nil
+}
+
+// Close stops every plugin and waits until their processes are gone. It
+// is idempotent.
+func (h *Host) Close() {
+	h.mu.Lock()
+	stop := h.stop
+	h.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	h.wg.Wait()
+}
+
+// State of a plugin.
+type State string
+
+// States of a plugin.
+const (
+	StateStarting   State = "starting"
+	StateRunning    State = "running"
+	StateRestarting State = "restarting" // crashed, waiting to restart
+	StateFailed     State = "failed"     // has never started; retrying
+	StateStopped    State = "stopped"
+)
+
+// Info describes a plugin for the CLI and the API.
+type Info struct {
+	Name    string       `json:"name"`
+	Version string       `json:"version"`
+	Source  string       `json:"source"` // "builtin" or the file
+	State   State        `json:"state"`
+	Tools   []tools.Spec `json:"tools"` // named "{plugin}-{tool}"
+	Needs   []string     `json:"needs,omitempty"`
+	// Restarts counts restarts after crashes since Start.
+	Restarts int `json:"restarts"`
+	// Error is the last start or crash error, if any.
+	Error string `json:"error,omitempty"`
+}
+
+// Plugins describes every plugin, by name.
+func (h *Host) Plugins() []Info {
+	h.mu.RLock()
+	ms := make([]*managed, 0, len(h.plugins))
+	for _, m := range h.plugins {
+		ms = append(ms, m)
+	}
+	h.mu.RUnlock()
+	out := make([]Info, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Tools lists the tools of every plugin that has been described (also
+// while one restarts: its calls then fail fast), by name.
+func (h *Host) Tools(_ context.Context, user userid.ID) ([]tools.Spec, error) {
+	if err := user.Check(); err != nil {
+		return nil, err
+	}
+	var out []tools.Spec
+	for _, info := range h.Plugins() {
+		out = append(out, info.Tools...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ErrUnavailable is wrapped by the errors of calls to a plugin that is not
+// running (starting, restarting after a crash, stopped) or that went away
+// during the call.
+var ErrUnavailable = errors.New("pluginhost: plugin unavailable")
+
+// unavailableError is a call refused because the plugin is not running.
+type unavailableError struct{ msg string }
+
+func (e *unavailableError) Error() string        { return e.msg }
+func (e *unavailableError) Is(target error) bool { return target == ErrUnavailable }
+
+// Call runs one tool as call.User: it mints the call's capability token,
+// sends the user context, bounds the call by CallTimeout, and records
+// metrics. A tool's IsError answer is a Result; everything else that goes
+// wrong (unknown tool, plugin down or crashing, deadline, handler error)
+// is an error.
+func (h *Host) Call(ctx context.Context, call tools.Call) (tools.Result, error) {
+	if err := call.User.Check(); err != nil {
+		return tools.Result{}, err
+	}
+	pname, tname, err := tools.SplitName(call.Tool)
+	if err != nil {
+		return tools.Result{}, fmt.Errorf("%w: %s", tools.ErrUnknownTool, call.Tool)
+	}
+	h.mu.RLock()
+	m := h.plugins[pname]
+	h.mu.RUnlock()
+	if m == nil {
+		return tools.Result{}, fmt.Errorf("%w: %s", tools.ErrUnknownTool, call.Tool)
+	}
+	p, st := m.current()
+	if p == nil {
+		if !m.knowsTool(tname) {
+			return tools.Result{}, fmt.Errorf("%w: %s", tools.ErrUnknownTool, call.Tool)
+		}
+		h.metrics.calls.WithLabelValues(pname, tname, resultUnavailable).Inc()
+		return tools.Result{}, m.unavailable(st)
+	}
+	if _, ok := p.desc.tools[tname]; !ok {
+		return tools.Result{}, fmt.Errorf("%w: %s", tools.ErrUnknownTool, call.Tool)
+	}
+	args := call.Arguments
+	if len(args) == 0 || string(args) == "null" {
+		args = json.RawMessage("{}")
+	}
+	if !isJSONObject(args) {
+		h.metrics.calls.WithLabelValues(pname, tname, resultError).Inc()
+		return tools.Result{}, fmt.Errorf("pluginhost: %s: the arguments are not a JSON object", call.Tool)
+	}
+
+	start := time.Now()
+	deadline := start.Add(h.cfg.CallTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	token, revoke := h.tokens.mint(call.User, call.InstanceID, pname, deadline)
+	defer revoke()
+	ctx = metadata.NewOutgoingContext(ctx, metadata.MD{
+		sdk.MetadataUserID:     {call.User.String()},
+		sdk.MetadataWorkflowID: {call.WorkflowID},
+		sdk.MetadataInstanceID: {call.InstanceID},
+		sdk.MetadataStepID:     {call.StepID},
+		sdk.MetadataCapability: {token},
+	})
+	resp, err := p.rpc.CallTool(ctx, &pluginpb.CallToolRequest{Tool: tname, Arguments: args})
+	h.metrics.duration.WithLabelValues(pname).Observe(time.Since(start).Seconds())
+	if err != nil {
+		result, cerr := h.callError(ctx, deadline, m, p, call.Tool, err)
+		h.metrics.calls.WithLabelValues(pname, tname, result).Inc()
+		return tools.Result{}, cerr
+	}
+	content := json.RawMessage(resp.GetContent())
+	if !json.Valid(content) {
+		h.metrics.calls.WithLabelValues(pname, tname, resultError).Inc()
+		return tools.Result{}, fmt.Errorf("pluginhost: %s: the plugin answered content that is not JSON", call.Tool)
+	}
+	result := resultOK
+	if resp.GetIsError() {
+		result = resultToolError
+	}
+	h.metrics.calls.WithLabelValues(pname, tname, result).Inc()
+	return tools.Result{Content: content, IsError: resp.GetIsError()}, nil
+}
+
+// callError turns a failed CallTool into the caller's error and its metric result.
+func (h *Host) callError(ctx context.Context, deadline time.Time, m *managed, p *proc, tool string, err error) (string, error) {
+	st, _ := status.FromError(err)
+	// The plugin's copy of the deadline may fire a moment before ours and
+	// reset the stream: that is the deadline too.
+	deadlineHit := errors.Is(ctx.Err(), context.DeadlineExceeded) || st.Code() == codes.DeadlineExceeded ||
+		(ctx.Err() == nil && time.Until(deadline) < 20*time.Millisecond)
+	switch {
+	case deadlineHit:
+		return resultError, fmt.Errorf("pluginhost: %s: no answer before the call's deadline: %w", tool, context.DeadlineExceeded)
+	case ctx.Err() != nil:
+		return resultError, fmt.Errorf("pluginhost: %s: %w", tool, ctx.Err())
+	case st.Code() == codes.Unavailable || st.Code() == codes.Canceled || p.exited():
+		m.kick() // have the supervisor look now
+		return resultUnavailable, &unavailableError{msg: fmt.Sprintf(
+			"pluginhost: %s: plugin %q crashed or went away during the call (%s); it will be restarted", tool, m.src.name, st.Message())}
+	default:
+		return resultError, fmt.Errorf("pluginhost: %s: %s", tool, st.Message())
+	}
+}
+
+func isJSONObject(b []byte) bool {
+	var obj map[string]json.RawMessage
+	return json.Unmarshal(b, &obj) == nil && obj != nil
+}
+
+// sortedNeeds returns the needs as strings, sorted.
+func sortedNeeds(needs map[sdk.Need]bool) []string {
+	out := make([]string, 0, len(needs))
+	for n := range needs {
+		out = append(out, string(n))
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,43 @@
+package pluginhost
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Results of a call, the "result" label of inboxd_plugin_calls_total.
+const (
+	resultOK          = "ok"          // the tool answered
+	resultToolError   = "tool_error"  // the tool answered with IsError
+	resultError       = "error"       // the call failed: handler error, deadline, bad answer
+	resultUnavailable = "unavailable" // the plugin was not running (starting, restarting, crashed)
+)
+
+type hostMetrics struct {
+	calls    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	restarts *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*hostMetrics, error) {
+	m := &hostMetrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inboxd_plugin_calls_total",
+			Help: "Tool calls sent to plugins, by plugin, tool and result (ok, tool_error, error, unavailable).",
+		}, []string{"plugin", "tool", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "inboxd_plugin_call_duration_seconds",
+			Help:    "Time of tool calls to plugins, by plugin, including the host services they used.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5, 1, 5, 30, 120},
+		}, []string{"plugin"}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inboxd_plugin_restarts_total",
+			Help: "Plugin processes restarted after they crashed or failed a health check, by plugin.",
+		}, []string{"plugin"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.calls, m.duration, m.restarts} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
