@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,10 +17,8 @@ import (
 	"github.com/inboxd/inboxd/daemon/jobs"
 	"github.com/inboxd/inboxd/daemon/llm"
 	"github.com/inboxd/inboxd/daemon/metrics"
-	"github.com/inboxd/inboxd/daemon/secretbox"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
-	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/users"
 	"github.com/inboxd/inboxd/daemon/vectors"
@@ -44,24 +41,7 @@ type jobsEnv struct {
 
 func newJobsEnv(t *testing.T) *jobsEnv {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := sqldb.Open(ctx, "sqlite://"+filepath.Join(dir, "inboxd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	key, err := secretbox.LoadOrCreateKey(filepath.Join(dir, "secret.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, box := testsvc.SQLite(t), testsvc.SecretBox(t)
 	store := kv.NewSQL(db)
 	us := users.NewStore(db)
 	st := settings.NewStore(store, box)
@@ -84,8 +64,7 @@ func newJobsEnv(t *testing.T) *jobsEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(mgr.Close)
-	s := New(Deps{Auth: a, Users: us, Settings: st, KV: store, Metrics: m, Logger: logger})
-	s.jobRoutes(mgr, cat) // the lead wires this into routes()
+	s := New(Deps{Auth: a, Users: us, Settings: st, KV: store, Metrics: m, Logger: logger, Jobs: mgr, Catalog: cat})
 	srv := httptest.NewServer(s)
 	t.Cleanup(srv.Close)
 	e := &jobsEnv{srv: srv, kv: store, users: us, settings: st, vectors: vec, jobs: mgr,
@@ -258,5 +237,21 @@ func TestJobRoutes(t *testing.T) {
 	}
 	if mb["voyage-3.5"]["api_key_provided"] != true || mb["voyage-3.5"]["selected"] != true || mb["text-embedding-3-large"]["api_key_provided"] != false {
 		t.Errorf("B's models (a Voyage key): %v", mb)
+	}
+}
+
+// TestSettingsChooseEmbeddingModel: the first GET of a user's settings saves
+// the best available embedding model; with no provider key it is the
+// offline model.
+func TestSettingsChooseEmbeddingModel(t *testing.T) {
+	e := newJobsEnv(t)
+	id, key := e.user(t, "carol@example.com", nil)
+	code, body := e.do(t, "GET", "/api/v1/settings", key)
+	cat, _ := embed.LoadCatalog("")
+	if code != 200 || body["embedding_model"] != cat.Offline().Key {
+		t.Fatalf("GET: %d %v, want embedding_model %q", code, body, cat.Offline().Key)
+	}
+	if v, err := e.kv.Get(context.Background(), id.Key("embedding_model")); err != nil || v != cat.Offline().Key {
+		t.Errorf("stored embedding_model: %q %v", v, err)
 	}
 }

@@ -3,11 +3,14 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/inboxd/inboxd/daemon/jobs"
 	"github.com/inboxd/inboxd/daemon/mail"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/users"
@@ -25,6 +28,9 @@ func (s *Server) me(w http.ResponseWriter, _ *http.Request, u users.User) {
 
 func (s *Server) getSettings(w http.ResponseWriter, r *http.Request, u users.User) {
 	st, err := s.d.Settings.Get(r.Context(), u.ID)
+	if err == nil {
+		st, err = s.chooseEmbeddingModel(r.Context(), u, st)
+	}
 	if err != nil {
 		s.internalError(w, r, err)
 		return
@@ -32,9 +38,32 @@ func (s *Server) getSettings(w http.ResponseWriter, r *http.Request, u users.Use
 	writeJSON(w, http.StatusOK, settings.View(st))
 }
 
+// chooseEmbeddingModel saves the best available embedding model for a user
+// who has none yet (as the original did on the first read of the settings),
+// so the model the user's vectors are made with is visible and stable.
+func (s *Server) chooseEmbeddingModel(ctx context.Context, u users.User, st settings.Settings) (settings.Settings, error) {
+	if st.EmbeddingModel != "" || s.d.Catalog == nil {
+		return st, nil
+	}
+	model, _, err := jobs.ModelFor(s.d.Catalog, st)
+	if err != nil {
+		return st, err
+	}
+	if err := s.d.Settings.Update(ctx, u.ID, settings.Patch{"embedding_model": json.RawMessage(strconv.Quote(model.Key))}); err != nil {
+		return st, err
+	}
+	st.EmbeddingModel = model.Key
+	return st, nil
+}
+
 func (s *Server) putSettings(w http.ResponseWriter, r *http.Request, u users.User) {
 	body, ok := readBody(w, r)
 	if !ok {
+		return
+	}
+	before, err := s.d.Settings.Get(r.Context(), u.ID)
+	if err != nil {
+		s.internalError(w, r, err)
 		return
 	}
 	patch, err := settings.DecodePatch(body)
@@ -44,7 +73,31 @@ func (s *Server) putSettings(w http.ResponseWriter, r *http.Request, u users.Use
 	if s.settingsError(w, r, err) {
 		return
 	}
+	// The settings are saved; a reinitialisation that cannot start now is
+	// reported in the log and the inbox status, not as a failed PUT.
+	if err := s.reinitializeOnModelChange(r.Context(), u, before); err != nil {
+		s.d.Logger.Warn("reinitialise after an embedding model change", "user_id", u.ID, "error", err)
+	}
 	s.getSettings(w, r, u)
+}
+
+// reinitializeOnModelChange recreates the user's collection and runs the
+// inbox initialisation again when the embedding model changed (the vector
+// size changes with it) and the inbox had been initialised.
+func (s *Server) reinitializeOnModelChange(ctx context.Context, u users.User, before settings.Settings) error {
+	if s.d.Jobs == nil {
+		return nil
+	}
+	after, err := s.d.Settings.Get(ctx, u.ID)
+	if err != nil || after.EmbeddingModel == before.EmbeddingModel || before.EmbeddingModel == "" {
+		return err
+	}
+	st, err := jobs.ReadInboxStatus(ctx, s.d.KV, u.ID)
+	if err != nil || st.Status == jobs.StatusNotStarted {
+		return err
+	}
+	s.d.Logger.Info("embedding model changed; reinitialising the inbox", "user_id", u.ID, "from", before.EmbeddingModel, "to", after.EmbeddingModel)
+	return s.d.Jobs.Reinitialize(ctx, u.ID)
 }
 
 // settingsError answers a validation error as 400 naming the field, any
