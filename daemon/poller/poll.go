@@ -50,6 +50,16 @@ func (p *Poller) pollOnce(ctx context.Context, user userid.ID, acct mail.Account
 		if st.UIDNext > 0 {
 			baseline = st.UIDNext - 1
 		}
+		// UIDNEXT is the server's word; a mailbox just recreated may report
+		// it low. The UIDs present are the truth: none above the baseline
+		// may run later as new mail.
+		above, err := p.inbox.NewUIDs(ctx, user, acct, baseline, 0)
+		if err != nil {
+			return 0, fmt.Errorf("poll %s: baseline: %w", user, err)
+		}
+		for _, uid := range above {
+			baseline = max(baseline, uid)
+		}
 		return 0, p.writeState(ctx, user, baseline, st.UIDValidity)
 	}
 	if st.UIDNext != 0 && st.UIDNext <= last+1 {
