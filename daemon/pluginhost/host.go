@@ -207,6 +207,7 @@ func (h *Host) Start(ctx context.Context) error {
 		for i, t := range info.Tools {
 			names[i] = t.Name
 		}
+		h.metrics.known(info.Name, names)
 		if info.State == StateRunning {
 			h.log.Info("plugin started", "plugin", info.Name, "version", info.Version, "source", info.Source, "tools", names, "needs", info.Needs)
 		} else {

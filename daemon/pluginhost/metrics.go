@@ -1,6 +1,10 @@
 package pluginhost
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Results of a call, the "result" label of inboxd_plugin_calls_total.
 const (
@@ -40,4 +44,18 @@ func newMetrics(reg prometheus.Registerer) (*hostMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// known exports zero series for a plugin and its tools (names as
+// "{plugin}-{tool}"), so dashboards and alerts see every plugin, tool and
+// result before the first call, error or restart.
+func (m *hostMetrics) known(plugin string, tools []string) {
+	m.restarts.WithLabelValues(plugin)
+	m.duration.WithLabelValues(plugin)
+	for _, name := range tools {
+		tool := strings.TrimPrefix(name, plugin+"-")
+		for _, r := range []string{resultOK, resultToolError, resultError, resultUnavailable} {
+			m.calls.WithLabelValues(plugin, tool, r)
+		}
+	}
 }
