@@ -65,10 +65,9 @@ func UIDsAfter(ctx context.Context, c *imapclient.Client, mailbox string, after 
 	}
 	var out []uint32
 	err := withContext(ctx, c, func() error {
-		if err := examine(c, mailbox); err != nil {
+		if _, err := examine(c, mailbox); err != nil {
 			return err
 		}
-		defer leaveMailbox(c) //nolint:errcheck // best effort; a broken connection fails the next command
 		set := imap.UIDSet{imap.UIDRange{Start: imap.UID(after + 1), Stop: 0}}
 		msgs, err := c.Fetch(set, &imap.FetchOptions{UID: true}).Collect()
 		if err != nil {
@@ -117,7 +116,7 @@ func Idle(ctx context.Context, c *imapclient.Client, mailbox string, opts IdleOp
 	if opts.Liveness <= 0 || opts.Liveness > opts.Restart {
 		opts.Liveness = min(4*time.Minute, opts.Restart)
 	}
-	if err := withContext(ctx, c, func() error { return examine(c, mailbox) }); err != nil {
+	if err := withContext(ctx, c, func() error { _, err := examine(c, mailbox); return err }); err != nil {
 		return err
 	}
 	for {
@@ -155,14 +154,14 @@ func Idle(ctx context.Context, c *imapclient.Client, mailbox string, opts IdleOp
 	}
 }
 
-func examine(c *imapclient.Client, mailbox string) error {
-	if sel := c.Mailbox(); sel != nil && sel.Name == mailbox {
-		return nil
+// examine selects mailbox read-only, always (see fetchThread for why the
+// client's idea of the selected mailbox is not trusted).
+func examine(c *imapclient.Client, mailbox string) (*imap.SelectData, error) {
+	sel, err := c.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
+	if err != nil {
+		return nil, fmt.Errorf("mail: examine %s: %w", mailbox, err)
 	}
-	if _, err := c.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
-		return fmt.Errorf("mail: examine %s: %w", mailbox, err)
-	}
-	return nil
+	return sel, nil
 }
 
 // leaveMailbox unselects the selected mailbox, if any. CLOSE would do as
@@ -179,6 +178,12 @@ func leaveMailbox(c *imapclient.Client) error {
 		cmd = c.UnselectAndExpunge()
 	}
 	if err := cmd.Wait(); err != nil {
+		var ie *imap.Error
+		if errors.As(err, &ie) {
+			// The server says nothing is selected: the state we wanted. The
+			// client's state can lag (see fetchThread).
+			return nil
+		}
 		return fmt.Errorf("mail: unselect: %w", err)
 	}
 	return nil
@@ -186,11 +191,11 @@ func leaveMailbox(c *imapclient.Client) error {
 
 // newestUID returns the highest UID of mailbox (0 when it is empty).
 func newestUID(c *imapclient.Client, mailbox string) (uint32, error) {
-	if err := examine(c, mailbox); err != nil {
+	sel, err := examine(c, mailbox)
+	if err != nil {
 		return 0, err
 	}
-	defer leaveMailbox(c) //nolint:errcheck // best effort
-	if sel := c.Mailbox(); sel != nil && sel.NumMessages == 0 {
+	if sel.NumMessages == 0 {
 		return 0, nil
 	}
 	msgs, err := c.Fetch(imap.SeqSet{imap.SeqRange{Start: 0, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()

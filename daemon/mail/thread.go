@@ -129,10 +129,12 @@ func FetchThread(ctx context.Context, c *imapclient.Client, mailbox string, uid 
 }
 
 func fetchThread(c *imapclient.Client, mailbox string, uid imap.UID, opts ThreadOptions) (*Thread, error) {
-	if sel := c.Mailbox(); sel == nil || sel.Name != mailbox {
-		if _, err := c.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
-			return nil, fmt.Errorf("mail: fetch thread: examine %q: %w", mailbox, err)
-		}
+	// Always EXAMINE, and use its answer: go-imap (v2 beta.8) may report the
+	// previous selection state for a moment after a command returns, so
+	// c.Mailbox() cannot tell whether the mailbox is still selected.
+	sel, err := c.Select(mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
+	if err != nil {
+		return nil, fmt.Errorf("mail: fetch thread: examine %q: %w", mailbox, err)
 	}
 
 	method := opts.Method
@@ -149,13 +151,12 @@ func fetchThread(c *imapclient.Client, mailbox string, uid imap.UID, opts Thread
 	}
 
 	var uids []imap.UID
-	var err error
 	switch method {
 	case ThreadReferences:
 		uids, err = serverThread(c, uid)
 	default:
 		method = ThreadClient
-		uids, err = clientThread(c, uid, opts.Scan)
+		uids, err = clientThread(c, uid, opts.Scan, sel.NumMessages)
 	}
 	if err != nil {
 		return nil, err
@@ -346,15 +347,15 @@ func threadHeaderFields() []string {
 }
 
 // clientThread finds the thread of uid client-side.
-func clientThread(c *imapclient.Client, uid imap.UID, scan int) ([]imap.UID, error) {
+func clientThread(c *imapclient.Client, uid imap.UID, scan int, messages uint32) ([]imap.UID, error) {
 	var headers []Header
-	if mb := c.Mailbox(); mb != nil && mb.NumMessages > 0 {
+	if messages > 0 {
 		from := uint32(1)
-		if mb.NumMessages > uint32(scan) {
-			from = mb.NumMessages - uint32(scan) + 1
+		if messages > uint32(scan) {
+			from = messages - uint32(scan) + 1
 		}
 		var set imap.SeqSet
-		set.AddRange(from, mb.NumMessages)
+		set.AddRange(from, messages)
 		h, err := fetchHeaders(c, set)
 		if err != nil {
 			return nil, err
