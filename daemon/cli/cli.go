@@ -44,6 +44,7 @@ func commands() []command {
 		{"inbox", "inbox jobs: init", runInbox},
 		{"plugin", "list, describe, serve plugins", runPlugin},
 		{"config", "check the configuration: config check", runConfig},
+		{"bench", "measure: bench poll", runBench},
 		{"version", "print the version", runVersion},
 	}
 }
