@@ -189,3 +189,23 @@ func waitReady(t *testing.T, url string, done <-chan int) {
 	}
 	t.Fatalf("%s never answered 200", url)
 }
+
+// TestNoNewKeyOverExistingUsers: with users in the database, a missing secret
+// key file is an error, not a fresh key that would orphan their secrets.
+func TestNoNewKeyOverExistingUsers(t *testing.T) {
+	vars := dataEnv(t)
+	if code, _, stderr := run(t, vars, "user", "add", "--email", "alice@example.com"); code != 0 {
+		t.Fatalf("user add: %d %s", code, stderr)
+	}
+	keyFile := filepath.Join(vars["INBOXD_DATA_DIR"], "secret.key")
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, vars, "user", "list")
+	if code != 1 || !strings.Contains(stderr, "secret_key_file") || !strings.Contains(stderr, "restore the file") {
+		t.Errorf("with users and no key: %d %q", code, stderr)
+	}
+	if _, err := os.Stat(keyFile); err == nil {
+		t.Error("a new key file was created over existing users")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
@@ -24,19 +25,12 @@ type stores struct {
 	box   *secretbox.Box
 }
 
-// openStores creates the data directory, loads (or creates) the secret key,
-// opens the SQL database (applying migrations) and the KV.
+// openStores creates the data directory, opens the SQL database (applying
+// migrations), loads (or, for a new installation, creates) the secret key,
+// and opens the KV.
 func openStores(ctx context.Context, cfg *config.Config) (*stores, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
-	}
-	key, err := secretbox.LoadOrCreateKey(cfg.SecretKeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("secret_key_file: %w", err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		return nil, fmt.Errorf("secret_key_file: %w", err)
 	}
 	db, err := sqldb.Open(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -46,6 +40,11 @@ func openStores(ctx context.Context, cfg *config.Config) (*stores, error) {
 		db.Close()
 		return nil, fmt.Errorf("database_url: %w", err)
 	}
+	box, err := openSecretBox(ctx, cfg, users.NewStore(db))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	var store kv.Store
 	if cfg.KVURL == "embedded" {
 		store = kv.NewSQL(db)
@@ -54,6 +53,31 @@ func openStores(ctx context.Context, cfg *config.Config) (*stores, error) {
 		return nil, fmt.Errorf("kv_url: %w", err)
 	}
 	return &stores{sql: db, kv: store, users: users.NewStore(db), box: box}, nil
+}
+
+// openSecretBox loads the secret key. A missing key file is created only for
+// a database without users: with users, secrets sealed under another key
+// may exist (a lost key, or a replica started without the shared one), and
+// a new key would silently make them unreadable.
+func openSecretBox(ctx context.Context, cfg *config.Config, us *users.Store) (*secretbox.Box, error) {
+	if _, err := os.Stat(cfg.SecretKeyFile); errors.Is(err, fs.ErrNotExist) {
+		list, err := us.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("secret_key_file: %w", err)
+		}
+		if len(list) > 0 {
+			return nil, fmt.Errorf("secret_key_file: %s does not exist, but the database has %d users whose secrets are sealed with a key: restore the file (every replica needs the same one) rather than start with a new key", cfg.SecretKeyFile, len(list))
+		}
+	}
+	key, err := secretbox.LoadOrCreateKey(cfg.SecretKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("secret_key_file: %w", err)
+	}
+	box, err := secretbox.New(key)
+	if err != nil {
+		return nil, fmt.Errorf("secret_key_file: %w", err)
+	}
+	return box, nil
 }
 
 // Close closes the KV, then the database.
