@@ -523,9 +523,30 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	if strings.Contains(logText(), "inboxd serving") {
 		t.Fatal("an info line was logged at level warn")
 	}
-	write("[log]\nlevel = \"info\"\n[poll]\ninterval = \"30s\"\nworkers = 3\n")
+	// A new plugin directory with the example plugin: its tools appear live.
+	pluginDir := filepath.Join(d.dataDir, "more-plugins")
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(pluginDir, "wordcount"), "./contrib/examples/plugin-wordcount").CombinedOutput(); err != nil {
+		t.Fatalf("build the example plugin: %v\n%s", err, out)
+	}
+	hasWordcount := func() bool {
+		var list struct{ Items []struct{ Name string } }
+		d.call("GET", "/api/v1/tools", nil, &list)
+		for _, it := range list.Items {
+			if it.Name == "wordcount-count_words" {
+				return true
+			}
+		}
+		return false
+	}
+	if hasWordcount() {
+		t.Fatal("the example plugin is there before the reload")
+	}
+	write("[log]\nlevel = \"info\"\n[poll]\ninterval = \"30s\"\nworkers = 3\n[plugins]\ndir = \"" + pluginDir + "\"\n")
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitUntil(t, "the reload", 10*time.Second, func() bool { return strings.Contains(logText(), "reload: configuration applied") })
+	waitUntil(t, "the reload", 30*time.Second, func() bool { return strings.Contains(logText(), "reload: configuration applied") })
+	if !hasWordcount() {
+		t.Error("the example plugin's tools are missing after the reload")
+	}
 	if !strings.Contains(logText(), `"poll_interval":"30s"`) || !strings.Contains(logText(), "change only with a restart") {
 		t.Errorf("reload log:\n%s", logText())
 	}

@@ -257,7 +257,7 @@ wait:
 			return fmt.Errorf("http server: %w", err)
 		case <-hup:
 			_ = notifier.Reloading()
-			cfg = reloadConfig(cfg, live, poll, logger)
+			cfg = reloadConfig(ctx, cfg, live, poll, plugins, logger)
 			_ = notifier.Ready()
 		}
 	}
@@ -339,9 +339,10 @@ func replicaName() string {
 }
 
 // reloadConfig re-reads the configuration on SIGHUP and applies what can
-// change live: the log level and the poll interval. A bad file changes
-// nothing; other changed settings are reported as needing a restart.
-func reloadConfig(cur *config.Config, live *liveSettings, poll *poller.Poller, logger *slog.Logger) *config.Config {
+// change live: the log level, the poll interval and the plugin set (the
+// plugin directory is scanned again). A bad file changes nothing; other
+// changed settings are reported as needing a restart.
+func reloadConfig(ctx context.Context, cur *config.Config, live *liveSettings, poll *poller.Poller, plugins *pluginhost.Host, logger *slog.Logger) *config.Config {
 	next, err := live.reload()
 	if err != nil {
 		logger.Error("reload: configuration refused; keeping the running one", "error", err)
@@ -349,11 +350,16 @@ func reloadConfig(cur *config.Config, live *liveSettings, poll *poller.Poller, l
 	}
 	setLevel(live.level, next)
 	poll.SetInterval(next.Poll.Interval)
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := plugins.Rescan(rctx, next.Plugins.Dir); err != nil {
+		logger.Error("reload: plugin set", "error", err)
+	}
+	cancel()
 	old, now := cur.Effective(), next.Effective()
 	var restart []string
 	for i := range old {
 		switch old[i].Key {
-		case "log.level", "poll.interval":
+		case "log.level", "poll.interval", "plugins.dir":
 			continue
 		}
 		if old[i].Value != now[i].Value {

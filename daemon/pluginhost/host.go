@@ -111,9 +111,12 @@ type Host struct {
 	tokens  *minter
 	exe     string // the inboxd binary, for built-in plugins
 
+	rescanMu sync.Mutex // one Rescan at a time
+
 	mu      sync.RWMutex
 	plugins map[string]*managed
 	started bool
+	runCtx  context.Context // the plugins' lifetime: ended by Close
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -182,27 +185,42 @@ func (h *Host) Start(ctx context.Context) error {
 	}
 	h.started = true
 	runCtx, stop := context.WithCancel(context.Background())
-	h.stop = stop
-	var firsts []chan struct{}
+	h.runCtx, h.stop = runCtx, stop
+	var added []*managed
 	for _, src := range srcs {
-		m := newManaged(h, src)
-		h.plugins[src.name] = m
-		firsts = append(firsts, m.first)
-		h.wg.Add(1)
-		go func() {
-			defer h.wg.Done()
-			m.supervise(runCtx)
-		}()
+		added = append(added, h.launchLocked(src))
 	}
 	h.mu.Unlock()
-	for _, f := range firsts {
+	return h.awaitFirst(ctx, added)
+}
+
+// launchLocked starts supervising a plugin; h.mu must be held.
+func (h *Host) launchLocked(src source) *managed {
+	m := newManaged(h, src)
+	pctx, stop := context.WithCancel(h.runCtx)
+	m.stop = stop
+	h.plugins[src.name] = m
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		defer close(m.done)
+		m.supervise(pctx)
+	}()
+	return m
+}
+
+// awaitFirst waits until each plugin was described or failed its first
+// start, then logs how each went.
+func (h *Host) awaitFirst(ctx context.Context, ms []*managed) error {
+	for _, m := range ms {
 		select {
-		case <-f:
+		case <-m.first:
 		case <-ctx.Done():
 			return fmt.Errorf("pluginhost: start: %w", ctx.Err())
 		}
 	}
-	for _, info := range h.Plugins() {
+	for _, m := range ms {
+		info := m.info()
 		names := make([]string, len(info.Tools))
 		for i, t := range info.Tools {
 			names[i] = t.Name
@@ -215,6 +233,50 @@ func (h *Host) Start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Rescan makes the running plugins match the built-ins and the plugin
+// directory dir (which may have changed: SIGHUP): new plugins are started,
+// plugins whose file is gone or changed are stopped (and started again from
+// the new file). Calls to a stopped plugin's tools fail as unknown tools.
+func (h *Host) Rescan(ctx context.Context, dir string) error {
+	h.rescanMu.Lock()
+	defer h.rescanMu.Unlock()
+	h.mu.Lock()
+	if !h.started || h.runCtx.Err() != nil {
+		h.mu.Unlock()
+		return errors.New("pluginhost: Rescan before Start or after Close")
+	}
+	h.cfg.Dir = dir
+	h.mu.Unlock()
+	srcs, err := h.discover()
+	if err != nil {
+		return err
+	}
+	want := map[string]source{}
+	for _, s := range srcs {
+		want[s.name] = s
+	}
+	h.mu.Lock()
+	var removed, added []*managed
+	for name, m := range h.plugins {
+		if s, ok := want[name]; !ok || s.path != m.src.path || !slices.Equal(s.args, m.src.args) {
+			removed = append(removed, m)
+			delete(h.plugins, name)
+		}
+	}
+	for name, s := range want {
+		if _, ok := h.plugins[name]; !ok {
+			added = append(added, h.launchLocked(s))
+		}
+	}
+	h.mu.Unlock()
+	for _, m := range removed {
+		m.stop()
+		<-m.done
+		h.log.Info("plugin stopped: no longer in the plugin set", "plugin", m.src.name, "source", m.src.desc)
+	}
+	return h.awaitFirst(ctx, added)
 }
 
 // source is where a plugin comes from.

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -381,3 +383,40 @@ func TestDiscoveryFailures(t *testing.T) {
 }
 
 func itoa(i int) string { return string(mustJSON(i)) }
+
+// TestRescan: a plugin added to the directory starts, one removed stops
+// (its process is gone and its tools are unknown), without a restart.
+func TestRescan(t *testing.T) {
+	e := startHost(t, []string{"test"}, nil, nil)
+	old, _ := e.managed("test").current()
+	dir := e.h.cfg.Dir
+	if err := os.Symlink(testPluginBin, filepath.Join(dir, "withcreds")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "test")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.h.Rescan(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	specs, err := e.h.Tools(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range specs {
+		names = append(names, s.Name)
+	}
+	if !slices.Contains(names, "withcreds-echo") || slices.ContainsFunc(names, func(n string) bool { return strings.HasPrefix(n, "test-") }) {
+		t.Errorf("tools after the rescan: %v", names)
+	}
+	mustCall(t, e, alice, "withcreds-echo", nil)
+	if _, _, err := e.call(t, alice, "test-echo", nil); err == nil {
+		t.Error("a removed plugin's tool still answers")
+	}
+	if _, err := os.Stat(filepath.Join("/proc", itoa(old.pid))); err == nil {
+		t.Errorf("the removed plugin's process %d is still there", old.pid)
+	}
+}

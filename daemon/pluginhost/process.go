@@ -30,6 +30,8 @@ type managed struct {
 	first     chan struct{} // closed after the first start attempt
 	firstOnce sync.Once
 	kickc     chan struct{} // asks the supervisor to check the process now
+	stop      context.CancelFunc
+	done      chan struct{} // closed when the supervisor returned
 
 	mu       sync.RWMutex
 	state    State
@@ -40,7 +42,7 @@ type managed struct {
 }
 
 func newManaged(h *Host, src source) *managed {
-	return &managed{h: h, src: src, first: make(chan struct{}), kickc: make(chan struct{}, 1), state: StateStarting}
+	return &managed{h: h, src: src, first: make(chan struct{}), kickc: make(chan struct{}, 1), state: StateStarting, done: make(chan struct{})}
 }
 
 // description is what a plugin said of itself in Describe.
