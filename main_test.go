@@ -84,3 +84,45 @@ func TestBinaryOnEmbeddedDefaults(t *testing.T) {
 		t.Errorf("plugin processes outlived the daemon: %v", left)
 	}
 }
+
+// TestMakeInstall: `make install` puts the binary, the unit, the example
+// configuration and the example environment file in place, and a second
+// run never overwrites a configuration the operator has edited.
+func TestMakeInstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatalf("make: %v", err)
+	}
+	dest := t.TempDir()
+	install := func() {
+		out, err := exec.Command("make", "install", "DESTDIR="+dest).CombinedOutput()
+		if err != nil {
+			t.Fatalf("make install: %v\n%s", err, out)
+		}
+	}
+	install()
+	for path, mode := range map[string]os.FileMode{
+		"usr/local/bin/inboxd":              0o755,
+		"etc/systemd/system/inboxd.service": 0o644,
+		"etc/inboxd/inboxd.toml.example":    0o644,
+		"etc/inboxd/inboxd.env.example":     0o600,
+		"etc/inboxd/inboxd.toml":            0o644,
+		"etc/inboxd/inboxd.env":             0o600,
+	} {
+		fi, err := os.Stat(filepath.Join(dest, path))
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			continue
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %04o, want %04o", path, fi.Mode().Perm(), mode)
+		}
+	}
+	conf := filepath.Join(dest, "etc/inboxd/inboxd.toml")
+	if err := os.WriteFile(conf, []byte("listen = \"0.0.0.0:9999\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install()
+	if b, _ := os.ReadFile(conf); string(b) != "listen = \"0.0.0.0:9999\"\n" {
+		t.Errorf("a second make install overwrote the edited configuration: %q", b)
+	}
+}
