@@ -253,10 +253,12 @@ func (rn *run) interrupted(ctx, parent context.Context, pos int) {
 	}
 }
 
-// finish records the end of the run.
+// finish records the end of the run. The workflow log row is completed
+// first, so that whoever sees the run finished also sees its totals.
 func (rn *run) finish(parent context.Context, status, errMsg string) {
 	wctx, cancel := writeCtx(parent)
 	defer cancel()
+	rn.endWorkflowLog(wctx)
 	if err := rn.r.cfg.Store.FinishInstance(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, status, errMsg); err != nil {
 		rn.storeFailed(rn.log, "finish run", err)
 		return
@@ -265,7 +267,6 @@ func (rn *run) finish(parent context.Context, status, errMsg string) {
 	if !rn.inst.StartedAt.IsZero() {
 		rn.r.m.runDuration.Observe(time.Since(rn.inst.StartedAt).Seconds())
 	}
-	rn.endWorkflowLog(wctx)
 	level := slog.LevelDebug
 	if status == StatusFailed {
 		level = slog.LevelInfo // the user's run failed (a tool, the model): not an error of the daemon
