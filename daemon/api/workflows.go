@@ -2,8 +2,6 @@ package api
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -706,7 +704,7 @@ func reidentify(steps []workflow.Step, existing *workflow.Workflow) ([]workflow.
 		if ok {
 			delete(reuse, name)
 		} else {
-			id = newStepID()
+			id = workflow.NewID()
 		}
 		if old := strings.TrimSpace(out[i].ID); old != "" {
 			if _, dup := ids[old]; dup {
@@ -804,14 +802,4 @@ func rewriteArguments(args json.RawMessage, ids map[string]string) (json.RawMess
 		return nil, fmt.Errorf("encode: %w", err)
 	}
 	return json.RawMessage(bytes.TrimRight(b.Bytes(), "\n")), nil
-}
-
-// newStepID returns a random (version 4) UUID.
-func newStepID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
-	b[6] = (b[6] & 0x0f) | 0x40
-	b[8] = (b[8] & 0x3f) | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }

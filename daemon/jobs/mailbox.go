@@ -3,7 +3,6 @@ package jobs
 import (
 	"context"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -193,52 +192,15 @@ func (s *session) bodies(refs []msgRef) (map[refKey]*mail.ThreadMessage, error) 
 		for _, u := range byFolder[folder] {
 			set.AddNum(u)
 		}
-		section := &imap.FetchItemBodySection{Peek: true, Partial: &imap.SectionPartial{Offset: 0, Size: fetchMaxSize}}
-		cmd := s.c.Fetch(set, &imap.FetchOptions{UID: true, InternalDate: true, BodySection: []*imap.FetchItemBodySection{section}})
-		for {
-			msg := cmd.Next()
-			if msg == nil {
-				break
-			}
-			tm := &mail.ThreadMessage{}
-			var raw []byte
-			var readErr error
-			for {
-				item := msg.Next()
-				if item == nil {
-					break
-				}
-				switch item := item.(type) {
-				case imapclient.FetchItemDataUID:
-					tm.UID = item.UID
-				case imapclient.FetchItemDataInternalDate:
-					tm.InternalDate = item.Time
-				case imapclient.FetchItemDataBodySection:
-					if item.Literal != nil {
-						raw, readErr = io.ReadAll(io.LimitReader(item.Literal, fetchMaxSize))
-					}
-				}
-			}
-			if readErr != nil {
-				cmd.Close()
-				return nil, s.err("read message", readErr)
-			}
-			if tm.UID == 0 {
-				continue
-			}
-			p, err := mail.ParseMessage(raw, opts)
-			if err != nil {
-				p = &mail.Message{Warnings: []string{"message is empty"}}
-			}
-			if p.Date.IsZero() {
-				p.Date = tm.InternalDate
-			}
-			tm.Message = p
-			tm.ID = mail.EncodeMessageID(folder, tm.UID)
-			out[refKey{folder, tm.UID}] = tm
-		}
-		if err := cmd.Close(); err != nil {
+		msgs, err := mail.FetchMessages(s.c, folder, set, opts)
+		if err != nil {
 			return nil, s.err("fetch messages of "+folder, err)
+		}
+		for _, tm := range msgs {
+			if tm.Date.IsZero() {
+				tm.Date = tm.InternalDate
+			}
+			out[refKey{folder, tm.UID}] = tm
 		}
 	}
 	return out, nil

@@ -173,9 +173,16 @@ func fetchThread(c *imapclient.Client, mailbox string, uid imap.UID, opts Thread
 		uids = newest
 		t.Truncated = true
 	}
-	msgs, err := fetchMessages(c, mailbox, uids, opts.Parse)
-	if err != nil {
-		return nil, err
+	var msgs []*ThreadMessage
+	if len(uids) > 0 {
+		var set imap.UIDSet
+		for _, u := range uids {
+			set.AddNum(u)
+		}
+		var err error
+		if msgs, err = FetchMessages(c, mailbox, set, opts.Parse); err != nil {
+			return nil, fmt.Errorf("mail: fetch thread: %w", err)
+		}
 	}
 	found := false
 	for _, m := range msgs {
@@ -529,16 +536,13 @@ func parseThreadHeader(h *Header, raw []byte) {
 	h.MessageID, h.InReplyTo, h.References, h.Date = m.MessageID, m.InReplyTo, m.References, m.Date
 }
 
-// fetchMessages fetches and parses the messages with BODY.PEEK[] (at most
-// opts.MaxSize bytes of each), one at a time.
-func fetchMessages(c *imapclient.Client, mailbox string, uids []imap.UID, opts ParseOptions) ([]*ThreadMessage, error) {
-	if len(uids) == 0 {
-		return nil, nil
-	}
-	var set imap.UIDSet
-	for _, u := range uids {
-		set.AddNum(u)
-	}
+// FetchMessages fetches the messages of set (UIDs or sequence numbers) in
+// the selected mailbox with BODY.PEEK[] — never setting \Seen — at most
+// opts.MaxSize bytes of each, and parses them, in the server's order. A
+// message that cannot be parsed is kept, with a warning. The thread
+// fetcher, the imap plugin and the inbox jobs all read mail through it.
+func FetchMessages(c *imapclient.Client, mailbox string, set imap.NumSet, opts ParseOptions) ([]*ThreadMessage, error) {
+	opts = opts.withDefaults()
 	section := &imap.FetchItemBodySection{Peek: true, Partial: &imap.SectionPartial{Offset: 0, Size: opts.MaxSize}}
 	cmd := c.Fetch(set, &imap.FetchOptions{
 		UID: true, Flags: true, InternalDate: true, RFC822Size: true,
@@ -575,7 +579,8 @@ func fetchMessages(c *imapclient.Client, mailbox string, uids []imap.UID, opts P
 			}
 		}
 		if readErr != nil {
-			return nil, fmt.Errorf("mail: fetch thread: read message: %w", readErr)
+			cmd.Close()
+			return nil, fmt.Errorf("mail: fetch messages: read message: %w", readErr)
 		}
 		if tm.UID == 0 {
 			continue
@@ -592,7 +597,7 @@ func fetchMessages(c *imapclient.Client, mailbox string, uids []imap.UID, opts P
 		out = append(out, tm)
 	}
 	if err := cmd.Close(); err != nil {
-		return nil, fmt.Errorf("mail: fetch thread: fetch messages: %w", err)
+		return nil, fmt.Errorf("mail: fetch messages: %w", err)
 	}
 	return out, nil
 }

@@ -76,7 +76,7 @@ func must[T any](t testing.TB) func(T, error) T {
 func newUser(t testing.TB, db *sqldb.DB) userid.ID {
 	t.Helper()
 	u, err := users.NewStore(db).Create(context.Background(), users.NewUser{
-		Email: "user-" + newID() + "@example.com",
+		Email: "user-" + NewID() + "@example.com",
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -164,12 +164,12 @@ func (s *Store) CreateInstance(ctx context.Context, user userid.ID, workflowID s
 		return Instance{}, false, fmt.Errorf("workflow: encode trigger input: %w", err)
 	}
 	inst = Instance{
-		ID: newID(), UserID: user, WorkflowID: w.ID, WorkflowName: w.Name, Status: StatusQueued,
+		ID: NewID(), UserID: user, WorkflowID: w.ID, WorkflowName: w.Name, Status: StatusQueued,
 		Trigger: in, IdempotencyKey: idempotencyKey, CreatedAt: now(), WorkflowTrigger: w.Trigger,
 		Steps: make([]StepRun, len(w.Steps)),
 	}
 	for i, st := range w.Steps {
-		inst.Steps[i] = StepRun{ID: newID(), StepID: st.ID, Position: i, Name: st.Name, Kind: st.Kind, Status: StepPending}
+		inst.Steps[i] = StepRun{ID: NewID(), StepID: st.ID, Position: i, Name: st.Name, Kind: st.Kind, Status: StepPending}
 	}
 
 	tx, err := s.db.BeginTx(ctx, nil)

@@ -111,7 +111,7 @@ func (s *Store) CreateWorkflow(ctx context.Context, user userid.ID, w Workflow) 
 	if err != nil {
 		return Workflow{}, err
 	}
-	n.ID, n.UserID = newID(), user
+	n.ID, n.UserID = NewID(), user
 	n.CreatedAt = now()
 	n.UpdatedAt = n.CreatedAt
 	tt, trig, steps, err := encodeDefinition(n)

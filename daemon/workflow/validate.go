@@ -29,8 +29,9 @@ const (
 	maxMatchValues    = 100
 )
 
-// newID returns a random (version 4) UUID string.
-func newID() string {
+// NewID returns a new random (version 4) UUID string: the id of a workflow,
+// step, instance or step run.
+func NewID() string {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(fmt.Sprintf("workflow: crypto/rand: %v", err)) // never fails on Linux
@@ -113,7 +114,7 @@ func RemapStepIDs(w Workflow) (Workflow, error) {
 	}
 	newIDs := make(map[string]string, len(n.Steps))
 	for _, s := range n.Steps {
-		newIDs[s.ID] = newID()
+		newIDs[s.ID] = NewID()
 	}
 	resolve := func(ref string) (string, string) {
 		if id, ok := newIDs[ref]; ok {
@@ -154,7 +155,7 @@ func normalizeSteps(in []Step) ([]Step, error) {
 		f := fmt.Sprintf("steps[%d]", i)
 		s.ID = strings.TrimSpace(s.ID)
 		if s.ID == "" {
-			s.ID = newID()
+			s.ID = NewID()
 		} else if msg := checkStepID(s.ID); msg != "" {
 			return nil, verr(f+".id", "%s", msg)
 		}

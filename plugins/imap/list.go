@@ -3,7 +3,6 @@ package imap
 import (
 	"context"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -151,51 +150,17 @@ type fetchedMessage struct {
 	Msg          *mail.Message // nil when nothing could be parsed
 }
 
-// fetchMessages fetches (at most size bytes of each, with BODY.PEEK, so
-// that reading never marks mail as seen) and parses the messages in set of
-// the selected mailbox, newest (highest UID) first.
+// fetchMessages fetches (at most size bytes of each, never marking mail as
+// seen) and parses the messages in set of the selected mailbox, newest
+// (highest UID) first.
 func fetchMessages(c *imapclient.Client, set imap.NumSet, size int64) ([]fetchedMessage, error) {
-	section := &imap.FetchItemBodySection{Peek: true, Partial: &imap.SectionPartial{Offset: 0, Size: size}}
-	cmd := c.Fetch(set, &imap.FetchOptions{UID: true, InternalDate: true, BodySection: []*imap.FetchItemBodySection{section}})
-	defer cmd.Close()
-	var out []fetchedMessage
-	for {
-		msg := cmd.Next()
-		if msg == nil {
-			break
-		}
-		var f fetchedMessage
-		var raw []byte
-		for {
-			item := msg.Next()
-			if item == nil {
-				break
-			}
-			switch item := item.(type) {
-			case imapclient.FetchItemDataUID:
-				f.UID = item.UID
-			case imapclient.FetchItemDataInternalDate:
-				f.InternalDate = item.Time
-			case imapclient.FetchItemDataBodySection:
-				if item.Literal != nil {
-					b, err := io.ReadAll(io.LimitReader(item.Literal, size))
-					if err != nil {
-						return nil, fmt.Errorf("fetch: read message: %w", err)
-					}
-					raw = b
-				}
-			}
-		}
-		if f.UID == 0 {
-			continue
-		}
-		if m, err := mail.ParseMessage(raw, mail.ParseOptions{MaxSize: size, MaxBodyText: 16 << 10}); err == nil {
-			f.Msg = m
-		}
-		out = append(out, f)
-	}
-	if err := cmd.Close(); err != nil {
+	msgs, err := mail.FetchMessages(c, "", set, mail.ParseOptions{MaxSize: size, MaxBodyText: 16 << 10})
+	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	out := make([]fetchedMessage, len(msgs))
+	for i, m := range msgs {
+		out[i] = fetchedMessage{UID: m.UID, InternalDate: m.InternalDate, Msg: m.Message}
 	}
 	slices.SortFunc(out, func(a, b fetchedMessage) int { return int(int64(b.UID) - int64(a.UID)) })
 	return out, nil
