@@ -5,8 +5,9 @@
 // through host services scoped to the call.
 //
 // The SDK is versioned by its handshake (magic cookie INBOXD_PLUGIN and the
-// protocol version); it grows through new optional interfaces and never
-// changes existing ones. It imports nothing from the daemon.
+// protocol version); it grows through new optional interfaces, and through
+// new methods on Host (which the SDK implements and plugins only use), and
+// never changes existing ones. It imports nothing from the daemon.
 //
 // # Writing a plugin
 //
@@ -19,8 +20,10 @@
 //   - HostFrom(ctx): the host services, scoped to that user for the length
 //     of the call: the user's settings (the IMAP password only with
 //     NeedIMAPCredentials), the plugin's own per-user key-value store,
-//     semantic search over the user's mail threads, an LLM completion with
-//     the user's model, and the tone-of-voice profile (NeedToneProfile).
+//     semantic search over the user's mail threads and upsert into that
+//     collection (embedded with the user's embedding model), an LLM
+//     completion with the user's model, and the tone-of-voice profile
+//     (NeedToneProfile).
 //
 // Return Errorf for a failure the model should read (bad input, nothing
 // found) and an error for a failure of the call itself. Whatever the plugin

@@ -17,6 +17,10 @@ type User struct {
 // Host is the set of services inboxd offers a plugin during a call, scoped
 // to the calling user: the plugin names no user, and cannot reach another
 // user's data. Every method fails once the call has returned.
+//
+// The SDK implements Host and plugins only use it, so it gains a method when
+// inboxd offers a new service. A test double should be sdktest.FakeHost, or
+// embed Host, rather than implement every method.
 type Host interface {
 	// Settings returns the user's settings. IMAPPassword is empty unless
 	// the plugin declared NeedIMAPCredentials.
@@ -31,6 +35,12 @@ type Host interface {
 	VectorSearch(ctx context.Context, query string, limit int, excludeThreadIDs []string) ([]VectorHit, error)
 	// VectorCount is the number of threads in the user's collection.
 	VectorCount(ctx context.Context) (int, error)
+	// VectorUpsert embeds each document's text with the user's embedding
+	// model and stores it, with its payload, in the user's collection; a
+	// thread already there is replaced. At most MaxVectorUpsertDocs
+	// documents and MaxVectorUpsertBytes bytes go in one call: split larger
+	// batches. A host older than this SDK fails with errors.ErrUnsupported.
+	VectorUpsert(ctx context.Context, docs []VectorDoc) error
 	// Complete asks the user's LLM (the user's endpoint and model).
 	Complete(ctx context.Context, req Completion) (string, error)
 	// ToneProfile returns the user's tone-of-voice profiles by language;
@@ -59,6 +69,27 @@ type VectorHit struct {
 	Score    float32
 	Payload  map[string]any
 }
+
+// VectorDoc is one thread for VectorUpsert.
+type VectorDoc struct {
+	// ThreadID names the thread (required); VectorHit.ThreadID returns it.
+	ThreadID string
+	// Text is what is embedded (required, not blank). A text longer than
+	// the model's input limit is split into chunks whose vectors are
+	// averaged, so none of it is dropped.
+	Text string
+	// Payload is stored with the vector and returned in VectorHit.Payload,
+	// travelling as JSON (so numbers come back as float64). "thread_id" is
+	// set to ThreadID; "tenant_id" is reserved.
+	Payload map[string]any
+}
+
+// Limits of one VectorUpsert call. Bytes count each document's ThreadID,
+// Text and JSON-encoded Payload.
+const (
+	MaxVectorUpsertDocs  = 100
+	MaxVectorUpsertBytes = 2 << 20
+)
 
 // Completion is one LLM request: an optional system prompt and the prompt.
 // JSON asks for a JSON object answer.
@@ -118,5 +149,6 @@ func (noHost) VectorSearch(context.Context, string, int, []string) ([]VectorHit,
 	return nil, ErrNoHost
 }
 func (noHost) VectorCount(context.Context) (int, error)               { return 0, ErrNoHost }
+func (noHost) VectorUpsert(context.Context, []VectorDoc) error        { return ErrNoHost }
 func (noHost) Complete(context.Context, Completion) (string, error)   { return "", ErrNoHost }
 func (noHost) ToneProfile(context.Context) (map[string]string, error) { return nil, ErrNoHost }

@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/codes"
@@ -24,10 +25,17 @@ func (h *grpcHost) ctx(ctx context.Context) context.Context {
 	return metadata.NewOutgoingContext(ctx, metadata.Pairs(MetadataCapability, h.token))
 }
 
-// hostError wraps a host service failure, marking refusals with ErrDenied.
+// hostError wraps a host service failure, marking refusals with ErrDenied
+// and services this host does not know (it is older than the SDK) with
+// errors.ErrUnsupported.
 func hostError(op string, err error) error {
-	if st, ok := status.FromError(err); ok && st.Code() == codes.PermissionDenied {
-		return fmt.Errorf("sdk: host %s: %w: %s", op, ErrDenied, st.Message())
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.PermissionDenied:
+			return fmt.Errorf("sdk: host %s: %w: %s", op, ErrDenied, st.Message())
+		case codes.Unimplemented:
+			return fmt.Errorf("sdk: host %s: %w: this inboxd does not offer it (it is older than the plugin's SDK)", op, errors.ErrUnsupported)
+		}
 	}
 	return fmt.Errorf("sdk: host %s: %w", op, err)
 }
@@ -90,6 +98,31 @@ func (h *grpcHost) VectorCount(ctx context.Context) (int, error) {
 		return 0, hostError("vector count", err)
 	}
 	return int(r.GetCount()), nil
+}
+
+func (h *grpcHost) VectorUpsert(ctx context.Context, docs []VectorDoc) error {
+	req := &pluginpb.VectorUpsertRequest{Docs: make([]*pluginpb.VectorDoc, len(docs))}
+	for i, d := range docs {
+		var payload []byte
+		if len(d.Payload) > 0 {
+			var err error
+			if payload, err = json.Marshal(d.Payload); err != nil {
+				return fmt.Errorf("sdk: host vector upsert: payload of %q: %w", d.ThreadID, err)
+			}
+		}
+		req.Docs[i] = &pluginpb.VectorDoc{ThreadId: d.ThreadID, Text: d.Text, PayloadJson: payload}
+	}
+	_, err := h.c.VectorUpsert(h.ctx(ctx), req)
+	if status.Code(err) == codes.ResourceExhausted {
+		// gRPC refused the message before the host could count it: say
+		// which limit the caller ran into rather than the transport's.
+		return fmt.Errorf("sdk: host vector upsert: %d documents too large for one call (at most %d documents and %d bytes: split the batch): %w",
+			len(docs), MaxVectorUpsertDocs, MaxVectorUpsertBytes, err)
+	}
+	if err != nil {
+		return hostError("vector upsert", err)
+	}
+	return nil
 }
 
 func (h *grpcHost) Complete(ctx context.Context, req Completion) (string, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -99,6 +100,69 @@ func TestNoHostOutsideACall(t *testing.T) {
 	}
 	if _, _, err := h.KVGet(ctx, "k"); !errors.Is(err, sdk.ErrNoHost) {
 		t.Errorf("KVGet: %v", err)
+	}
+	if err := h.VectorUpsert(ctx, []sdk.VectorDoc{{ThreadID: "t", Text: "x"}}); !errors.Is(err, sdk.ErrNoHost) {
+		t.Errorf("VectorUpsert: %v", err)
+	}
+}
+
+// TestFakeHostVectorUpsert: the fake stores what VectorUpsert accepts where
+// VectorSearch and VectorCount see it, as the plugin would read it back,
+// and refuses what inboxd refuses without storing any of the batch.
+func TestFakeHostVectorUpsert(t *testing.T) {
+	fake := &sdktest.FakeHost{Hits: []sdk.VectorHit{{ThreadID: "old", Score: 0.9}}}
+	host := fake.Host()
+	ctx := context.Background()
+	doc := func(id, text string, payload map[string]any) sdk.VectorDoc {
+		return sdk.VectorDoc{ThreadID: id, Text: text, Payload: payload}
+	}
+	many := func(n, textBytes int) []sdk.VectorDoc {
+		docs := make([]sdk.VectorDoc, n)
+		for i := range docs {
+			docs[i] = doc(fmt.Sprint("many-", i), strings.Repeat("x", textBytes), nil)
+		}
+		return docs
+	}
+	// One script: each step sees what the steps before it stored.
+	steps := []struct {
+		name     string
+		docs     []sdk.VectorDoc
+		err      string
+		wantHits string // the hits of a search, best first, as JSON
+	}{
+		{"stored and found", []sdk.VectorDoc{doc("a", "first text", map[string]any{"n": 1})}, "",
+			`[{"ThreadID":"old","Score":0.9,"Payload":null},{"ThreadID":"a","Score":0,"Payload":{"n":1,"thread_id":"a"}}]`},
+		{"replaced by thread id", []sdk.VectorDoc{doc("a", "second text", map[string]any{"n": 2.5, "thread_id": "a"})}, "",
+			`[{"ThreadID":"old","Score":0.9,"Payload":null},{"ThreadID":"a","Score":0,"Payload":{"n":2.5,"thread_id":"a"}}]`},
+		{"too many documents", many(sdk.MaxVectorUpsertDocs+1, 1), "101 documents in one call, at most 100", ""},
+		{"too many bytes", many(3, 1<<20), "bytes of thread ids, texts and payloads in one call, at most 2097152", ""},
+		{"blank text", []sdk.VectorDoc{doc("b", "fine", nil), doc("c", "  ", nil)}, `document 2 (thread "c")`, ""},
+		{"no thread id", []sdk.VectorDoc{doc("", "text", nil)}, "a thread id and a text are required", ""},
+		{"reserved payload field", []sdk.VectorDoc{doc("b", "text", map[string]any{"tenant_id": "someone"})}, `"tenant_id" is reserved`, ""},
+		{"another thread's id", []sdk.VectorDoc{doc("b", "text", map[string]any{"thread_id": "z"})}, "differs from the thread id", ""},
+		{"payload not JSON", []sdk.VectorDoc{doc("b", "text", map[string]any{"f": func() {}})}, "payload", ""},
+	}
+	for _, st := range steps {
+		err := host.VectorUpsert(ctx, st.docs)
+		if st.err != "" {
+			if err == nil || !strings.Contains(err.Error(), st.err) {
+				t.Errorf("%s: %v, want an error containing %q", st.name, err, st.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		hits, err := host.VectorSearch(ctx, "anything", 10, nil)
+		if b, _ := json.Marshal(hits); err != nil || string(b) != st.wantHits {
+			t.Errorf("%s: hits %s %v, want %s", st.name, b, err, st.wantHits)
+		}
+	}
+	if n, err := host.VectorCount(ctx); n != 2 || err != nil {
+		t.Errorf("count %d %v: a refused batch stored something", n, err)
+	}
+	if len(fake.Upserted) != 2 || fake.Upserted[1].Text != "second text" {
+		t.Errorf("Upserted %+v", fake.Upserted)
 	}
 }
 

@@ -8,11 +8,11 @@
 // Host implements tools.Caller: every call gets a deadline, the user
 // context in gRPC metadata, and a capability token minted for that call.
 // The host services a plugin reaches back through (settings, its own KV,
-// vector search, LLM completion, tone profile) are served over the
-// go-plugin GRPCBroker, one connection per plugin process, and authorise
-// every request by that token alone: the user is the token's, so a plugin
-// cannot reach another user's data by naming another user. Secrets go only
-// to plugins that declared the need for them.
+// vector search and upsert, LLM completion, tone profile) are served over
+// the go-plugin GRPCBroker, one connection per plugin process, and
+// authorise every request by that token alone: the user is the token's, so
+// a plugin cannot reach another user's data by naming another user.
+// Secrets go only to plugins that declared the need for them.
 package pluginhost
 
 import (
@@ -66,7 +66,10 @@ type HostServices struct {
 	Settings SettingsSource
 	KV       kv.Store
 	Vectors  vectors.Store
-	// Embedder returns the user's embedder (for VectorSearch queries).
+	// Embedder returns the user's embedder (for VectorSearch queries and
+	// VectorUpsert documents). For VectorUpsert it must name its catalog
+	// model (Model() embed.Model, as *embed.Client does): the collection is
+	// created for, and checked against, that model.
 	Embedder func(ctx context.Context, user userid.ID) (embed.Embedder, error)
 	LLM      llm.Client
 	// LLMEndpoint returns the user's LLM endpoint and model; nil means the

@@ -15,14 +15,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/inboxd/inboxd/daemon/embed"
 	"github.com/inboxd/inboxd/daemon/tools"
 	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/daemon/vectors"
+	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
 // TestHost runs the ordinary behaviour against one host: discovery, tools,
 // user context, host services and their scoping, and the forging attempts.
 func TestHost(t *testing.T) {
-	e := startHost(t, []string{"test", "withcreds", "rogue"}, []string{"echo"}, nil)
+	vecs, withVectors := vectorServices(t, alice, bob)
+	e := startHost(t, []string{"test", "withcreds", "rogue"}, []string{"echo"}, withVectors)
 
 	t.Run("plugins and tools", func(t *testing.T) {
 		infos := e.h.Plugins()
@@ -146,6 +150,95 @@ func TestHost(t *testing.T) {
 		}
 	})
 
+	t.Run("vector upsert is scoped to the calling user", func(t *testing.T) {
+		type doc = map[string]any
+		// One script: each step sees what the steps before it stored.
+		steps := []struct {
+			name      string
+			user      userid.ID
+			docs      []doc
+			query     string
+			wantCount int
+			wantHits  []string // thread ids, best first
+		}{
+			{"alice stores a thread", alice,
+				[]doc{{"ThreadID": "t-alice", "Text": "Invoice 4711 from ACME for the quarterly widgets", "Payload": doc{"subject": "Invoice 4711"}}},
+				"ACME invoice", 1, []string{"t-alice"}},
+			{"bob sees none of it", bob, nil, "ACME invoice", 0, nil},
+			{"bob stores his own", bob,
+				[]doc{{"ThreadID": "t-bob", "Text": "Minutes of the garden committee meeting"}},
+				"ACME invoice", 1, []string{"t-bob"}},
+			{"alice replaces hers", alice,
+				[]doc{{"ThreadID": "t-alice", "Text": "Invoice 4711 from ACME, corrected", "Payload": doc{"subject": "Invoice 4711 (corrected)"}}},
+				"ACME invoice", 1, []string{"t-alice"}},
+			{"bob's thread of the same id is his own", bob,
+				[]doc{{"ThreadID": "t-alice", "Text": "Bob's note on the garden committee budget", "Payload": doc{"subject": "bob's"}}},
+				"garden committee", 2, []string{"t-bob", "t-alice"}},
+			{"alice's is unchanged", alice, nil, "ACME invoice", 1, []string{"t-alice"}},
+		}
+		for _, st := range steps {
+			m := mustCall(t, e, st.user, "test-vector_upsert", map[string]any{"Docs": st.docs, "Query": st.query})
+			var got []string
+			for _, h := range m["hits"].([]any) {
+				got = append(got, h.(map[string]any)["ThreadID"].(string))
+			}
+			if m["count"] != float64(st.wantCount) || !slices.Equal(got, st.wantHits) {
+				t.Errorf("%s: count %v, hits %v; want %d, %v", st.name, m["count"], got, st.wantCount, st.wantHits)
+			}
+			if st.name == "alice's is unchanged" {
+				hit := m["hits"].([]any)[0].(map[string]any)
+				if p := hit["Payload"].(map[string]any); p["subject"] != "Invoice 4711 (corrected)" || p["thread_id"] != "t-alice" {
+					t.Errorf("alice's payload after bob's upsert: %v", p)
+				}
+			}
+		}
+		// The store agrees: each user's collection holds that user's points.
+		if got := storedThreads(t, vecs, alice); !slices.Equal(got, []string{"t-alice"}) {
+			t.Errorf("alice's collection: %v", got)
+		}
+		if got := storedThreads(t, vecs, bob); !slices.Equal(got, []string{"t-alice", "t-bob"}) {
+			t.Errorf("bob's collection: %v", got)
+		}
+	})
+
+	t.Run("vector upsert limits and bad documents are refused", func(t *testing.T) {
+		type doc = map[string]any
+		good := doc{"ThreadID": "good", "Text": "a fine document"}
+		cases := []struct {
+			name string
+			args map[string]any
+			want string
+		}{
+			{"too many documents", map[string]any{"Generate": doc{"N": 101, "TextBytes": 1}},
+				"InvalidArgument desc = pluginhost: vector upsert: 101 documents in one request, at most 100: split the batch"},
+			{"too many bytes", map[string]any{"Generate": doc{"N": 3, "TextBytes": 1 << 20}},
+				"InvalidArgument desc = pluginhost: vector upsert: 3145761 bytes of thread ids, texts and payloads in one request, at most 2097152: split the batch"},
+			{"larger than gRPC carries", map[string]any{"Generate": doc{"N": 5, "TextBytes": 1 << 20}},
+				"sdk: host vector upsert: 5 documents too large for one call (at most 100 documents and 2097152 bytes: split the batch)"},
+			{"blank text", map[string]any{"Docs": []doc{good, {"ThreadID": "x", "Text": " \n"}}},
+				`InvalidArgument desc = pluginhost: vector upsert: document 2 (thread "x"): empty text`},
+			{"no thread id", map[string]any{"Docs": []doc{{"Text": "hello"}}},
+				`InvalidArgument desc = pluginhost: vector upsert: document 1 (thread ""): no thread id`},
+			{"reserved payload field", map[string]any{"Docs": []doc{good, {"ThreadID": "x", "Text": "hi", "Payload": doc{"tenant_id": bob.String()}}}},
+				`InvalidArgument desc = pluginhost: vector upsert: vectors: invalid argument: payload field "tenant_id" is reserved`},
+			{"payload names another thread", map[string]any{"Docs": []doc{{"ThreadID": "x", "Text": "hi", "Payload": doc{"thread_id": "y"}}}},
+				`InvalidArgument desc = pluginhost: vector upsert: vectors: invalid argument: payload thread_id y differs from the point id "x"`},
+		}
+		before := storedThreads(t, vecs, alice)
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				_, res, err := e.call(t, alice, "test-vector_upsert", tc.args)
+				if err == nil || !contains(err.Error(), tc.want) {
+					t.Errorf("got %v (%s)\nwant an error containing %q", err, res.Content, tc.want)
+				}
+			})
+		}
+		// A refused request stores nothing, not even its valid documents.
+		if got := storedThreads(t, vecs, alice); !slices.Equal(got, before) {
+			t.Errorf("alice's collection after refused upserts: %v, before %v", got, before)
+		}
+	})
+
 	t.Run("forging is refused", func(t *testing.T) {
 		e.kv.m[alice.Key("plugin:rogue:secret")] = "alice's"
 		e.kv.m[bob.Key("plugin:rogue:secret")] = "bob's"
@@ -159,12 +252,12 @@ func TestHost(t *testing.T) {
 		want := map[string]any{
 			"forged_user_kv":       "ok:alice's", // the token's user, not the forged one
 			"forged_user_settings": "ok:alice|",  // and no password without the need
-			"foreign_token":        "refused:PermissionDenied",
-			"expired_token":        "refused:PermissionDenied",
-			"no_token":             "refused:PermissionDenied",
-			"tampered_token":       "refused:PermissionDenied",
-			"two_tokens":           "refused:PermissionDenied",
+			"forged_user_upsert":   "ok:",        // into alice's collection (checked below)
 			"undeclared_tone":      "refused:PermissionDenied",
+		}
+		for _, bad := range []string{"foreign_token", "expired_token", "no_token", "tampered_token", "two_tokens"} {
+			want[bad] = "refused:PermissionDenied"
+			want[bad+"_upsert"] = "refused:PermissionDenied"
 		}
 		if mustJSON(m) != mustJSON(want) {
 			t.Errorf("forge got\n%v\nwant\n%v", m, want)
@@ -172,8 +265,20 @@ func TestHost(t *testing.T) {
 		// The token of the call above, replayed in a later call (alive
 		// until its deadline, but its call has returned).
 		m = mustCall(t, e, bob, "rogue-replay", nil)
-		if m["replayed_token"] != "refused:PermissionDenied" {
+		if m["replayed_token"] != "refused:PermissionDenied" || m["replayed_token_upsert"] != "refused:PermissionDenied" {
 			t.Errorf("replayed token: %v", m)
+		}
+		// Of the rogue's upserts only the one under its own token landed,
+		// in its caller's collection; the victim's has none.
+		rogue := func(u userid.ID) []string {
+			ids := storedThreads(t, vecs, u)
+			return slices.DeleteFunc(ids, func(id string) bool { return !strings.HasPrefix(id, "rogue-") })
+		}
+		if got := rogue(alice); !slices.Equal(got, []string{"rogue-forged_user"}) {
+			t.Errorf("rogue points in the caller's collection: %v", got)
+		}
+		if got := rogue(bob); len(got) != 0 {
+			t.Errorf("rogue points in the victim's collection: %v", got)
 		}
 		if logs := e.logs.String(); contains(logs, foreign) || contains(logs, expired) {
 			t.Error("a token was logged")
@@ -225,6 +330,61 @@ func TestHost(t *testing.T) {
 		}
 		t.Errorf("plugin output not logged:\n%s", e.logs.String())
 	})
+}
+
+// vectorServices returns the embedded vector store on a fresh SQLite
+// database holding users, and a Config tweak that serves it with the
+// built-in offline embedding model (lexical: a query sharing a document's
+// words finds it) as every user's model.
+func vectorServices(t testing.TB, users ...userid.ID) (vectors.Store, func(*Config)) {
+	t.Helper()
+	db := testsvc.SQLite(t)
+	for _, u := range users {
+		// Fixed ids (alice, bob), so not users.Store.Create: collections
+		// reference the users table.
+		if _, err := db.ExecContext(context.Background(), db.Rebind("INSERT INTO users (id, email, created_at) VALUES (?, ?, ?)"),
+			u.String(), u.String()+"@example.com", time.Now().UTC()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	catalog, err := embed.LoadCatalog("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := catalog.Offline()
+	store := vectors.NewEmbedded(db, vectors.EmbeddedOptions{})
+	return store, func(c *Config) {
+		c.Services.Vectors = store
+		c.Services.Embedder = func(context.Context, userid.ID) (embed.Embedder, error) {
+			return embed.New(model, "", embed.Options{})
+		}
+	}
+}
+
+// storedThreads lists the thread ids in the user's collection, sorted,
+// read from the store itself rather than through a plugin.
+func storedThreads(t testing.TB, s vectors.Store, u userid.ID) []string {
+	t.Helper()
+	ctx := context.Background()
+	_, dims, exists, err := s.Info(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !exists {
+		return nil
+	}
+	probe := make([]float32, dims) // any direction: the limit covers every point
+	probe[0] = 1
+	hits, err := s.SearchVector(ctx, u, probe, vectors.MaxLimit, nil, vectors.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, 0, len(hits))
+	for _, h := range hits {
+		ids = append(ids, h.ID)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 func mustJSON(v any) string {

@@ -1,6 +1,7 @@
 package pluginhost
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/inboxd/inboxd/daemon/embed"
 	"github.com/inboxd/inboxd/daemon/llm"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
 	"github.com/inboxd/inboxd/daemon/vectors"
@@ -204,9 +206,9 @@ func (s *hostService) VectorSearch(ctx context.Context, req *pluginpb.VectorSear
 		return nil, status.Errorf(codes.InvalidArgument, "pluginhost: vector search limit must be 1-%d", maxSearchLimit)
 	}
 	c := capFrom(ctx)
-	e, err := svc.Embedder(ctx, c.user)
+	e, err := s.embedder(ctx, c)
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "pluginhost: the user's embedder: %v", err)
+		return nil, err
 	}
 	hits, err := vectors.Search(ctx, svc.Vectors, e, c.user, req.GetQuery(), limit, req.GetExcludeThreadIds())
 	if err != nil {
@@ -221,6 +223,103 @@ func (s *hostService) VectorSearch(ctx context.Context, req *pluginpb.VectorSear
 		r.Hits = append(r.Hits, &pluginpb.VectorHit{ThreadId: h.ID, Score: h.Score, PayloadJson: payload})
 	}
 	return r, nil
+}
+
+// embedder is the user's embedder (the user's embedding model and key).
+func (s *hostService) embedder(ctx context.Context, c capability) (embed.Embedder, error) {
+	e, err := s.h.cfg.Services.Embedder(ctx, c.user)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "pluginhost: the user's embedder: %v", err)
+	}
+	return e, nil
+}
+
+// VectorUpsert embeds the documents with the user's embedding model and
+// writes them into the token's user's collection. Everything that can be
+// refused is checked before the first text is embedded: embedding costs the
+// user money at their provider.
+func (s *hostService) VectorUpsert(ctx context.Context, req *pluginpb.VectorUpsertRequest) (*pluginpb.VectorUpsertResponse, error) {
+	svc := s.h.cfg.Services
+	if svc.Vectors == nil || svc.Embedder == nil {
+		return nil, unconfigured("vector store")
+	}
+	points, texts, err := upsertPoints(req.GetDocs())
+	if err != nil {
+		return nil, err
+	}
+	if len(points) == 0 {
+		return &pluginpb.VectorUpsertResponse{}, nil
+	}
+	c := capFrom(ctx)
+	e, err := s.embedder(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	// The collection is made for, and checked against, the model's catalog
+	// key: an embedder that cannot name it could write vectors of a model
+	// the collection does not hold.
+	named, ok := e.(interface{ Model() embed.Model })
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "pluginhost: vector upsert: the user's embedder (%T) does not name its model", e)
+	}
+	// Embed chunks long texts and averages the chunks, as the inbox jobs'
+	// thread embeddings do.
+	vecs, err := e.Embed(ctx, texts)
+	if err != nil {
+		return nil, serviceError("vector upsert: embed", err)
+	}
+	if len(vecs) != len(points) {
+		return nil, serviceError("vector upsert: embed", fmt.Errorf("%d vectors for %d texts", len(vecs), len(points)))
+	}
+	for i := range points {
+		points[i].Vector = vecs[i]
+	}
+	if err := svc.Vectors.Upsert(ctx, c.user, named.Model().Key, e.Dimensions(), points); err != nil {
+		return nil, serviceError("vector upsert", err)
+	}
+	return &pluginpb.VectorUpsertResponse{}, nil
+}
+
+// upsertPoints checks a VectorUpsert request against the limits and turns
+// its documents into points without vectors, and the texts to embed.
+func upsertPoints(docs []*pluginpb.VectorDoc) ([]vectors.Point, []string, error) {
+	if len(docs) > sdk.MaxVectorUpsertDocs {
+		return nil, nil, status.Errorf(codes.InvalidArgument,
+			"pluginhost: vector upsert: %d documents in one request, at most %d: split the batch", len(docs), sdk.MaxVectorUpsertDocs)
+	}
+	size := 0
+	for _, d := range docs {
+		size += len(d.GetThreadId()) + len(d.GetText()) + len(d.GetPayloadJson())
+	}
+	if size > sdk.MaxVectorUpsertBytes {
+		return nil, nil, status.Errorf(codes.InvalidArgument,
+			"pluginhost: vector upsert: %d bytes of thread ids, texts and payloads in one request, at most %d: split the batch", size, sdk.MaxVectorUpsertBytes)
+	}
+	points := make([]vectors.Point, len(docs))
+	texts := make([]string, len(docs))
+	for i, d := range docs {
+		bad := func(problem string) error {
+			return status.Errorf(codes.InvalidArgument, "pluginhost: vector upsert: document %d (thread %q): %s", i+1, d.GetThreadId(), problem)
+		}
+		if d.GetThreadId() == "" {
+			return nil, nil, bad("no thread id")
+		}
+		if strings.TrimSpace(d.GetText()) == "" {
+			return nil, nil, bad("empty text")
+		}
+		var payload map[string]any
+		if raw := d.GetPayloadJson(); len(raw) > 0 {
+			// Numbers stay json.Number: a large integer keeps its digits.
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.UseNumber()
+			if err := dec.Decode(&payload); err != nil || dec.More() {
+				return nil, nil, bad("the payload is not one JSON object")
+			}
+		}
+		points[i] = vectors.Point{ID: d.GetThreadId(), Payload: payload}
+		texts[i] = d.GetText()
+	}
+	return points, texts, nil
 }
 
 func (s *hostService) VectorCount(ctx context.Context, _ *pluginpb.VectorCountRequest) (*pluginpb.VectorCountResponse, error) {

@@ -956,6 +956,150 @@ func (x *VectorCountResponse) GetCount() int64 {
 	return 0
 }
 
+type VectorDoc struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ThreadId string                 `protobuf:"bytes,1,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
+	// The text to embed (long texts are chunked and averaged by the host).
+	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	// The point's payload, a JSON object (may be empty).
+	PayloadJson   []byte `protobuf:"bytes,3,opt,name=payload_json,json=payloadJson,proto3" json:"payload_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VectorDoc) Reset() {
+	*x = VectorDoc{}
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VectorDoc) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VectorDoc) ProtoMessage() {}
+
+func (x *VectorDoc) ProtoReflect() protoreflect.Message {
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VectorDoc.ProtoReflect.Descriptor instead.
+func (*VectorDoc) Descriptor() ([]byte, []int) {
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *VectorDoc) GetThreadId() string {
+	if x != nil {
+		return x.ThreadId
+	}
+	return ""
+}
+
+func (x *VectorDoc) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *VectorDoc) GetPayloadJson() []byte {
+	if x != nil {
+		return x.PayloadJson
+	}
+	return nil
+}
+
+// At most sdk.MaxVectorUpsertDocs documents and sdk.MaxVectorUpsertBytes
+// bytes (the encoded request) per request.
+type VectorUpsertRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Docs          []*VectorDoc           `protobuf:"bytes,1,rep,name=docs,proto3" json:"docs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VectorUpsertRequest) Reset() {
+	*x = VectorUpsertRequest{}
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VectorUpsertRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VectorUpsertRequest) ProtoMessage() {}
+
+func (x *VectorUpsertRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VectorUpsertRequest.ProtoReflect.Descriptor instead.
+func (*VectorUpsertRequest) Descriptor() ([]byte, []int) {
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *VectorUpsertRequest) GetDocs() []*VectorDoc {
+	if x != nil {
+		return x.Docs
+	}
+	return nil
+}
+
+type VectorUpsertResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VectorUpsertResponse) Reset() {
+	*x = VectorUpsertResponse{}
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VectorUpsertResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VectorUpsertResponse) ProtoMessage() {}
+
+func (x *VectorUpsertResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VectorUpsertResponse.ProtoReflect.Descriptor instead.
+func (*VectorUpsertResponse) Descriptor() ([]byte, []int) {
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{20}
+}
+
 type CompleteRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	System string                 `protobuf:"bytes,1,opt,name=system,proto3" json:"system,omitempty"`
@@ -968,7 +1112,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1124,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1137,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{18}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CompleteRequest) GetSystem() string {
@@ -1026,7 +1170,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1182,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1195,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{19}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CompleteResponse) GetText() string {
@@ -1069,7 +1213,7 @@ type ToneProfileRequest struct {
 
 func (x *ToneProfileRequest) Reset() {
 	*x = ToneProfileRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1225,7 @@ func (x *ToneProfileRequest) String() string {
 func (*ToneProfileRequest) ProtoMessage() {}
 
 func (x *ToneProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1238,7 @@ func (x *ToneProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToneProfileRequest.ProtoReflect.Descriptor instead.
 func (*ToneProfileRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{20}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{23}
 }
 
 type ToneProfileResponse struct {
@@ -1107,7 +1251,7 @@ type ToneProfileResponse struct {
 
 func (x *ToneProfileResponse) Reset() {
 	*x = ToneProfileResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1263,7 @@ func (x *ToneProfileResponse) String() string {
 func (*ToneProfileResponse) ProtoMessage() {}
 
 func (x *ToneProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1276,7 @@ func (x *ToneProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToneProfileResponse.ProtoReflect.Descriptor instead.
 func (*ToneProfileResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{21}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ToneProfileResponse) GetProfiles() map[string]string {
@@ -1200,7 +1344,14 @@ const file_inboxd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x04hits\x18\x01 \x03(\v2\x1b.inboxd.plugin.v1.VectorHitR\x04hits\"\x14\n" +
 	"\x12VectorCountRequest\"+\n" +
 	"\x13VectorCountResponse\x12\x14\n" +
-	"\x05count\x18\x01 \x01(\x03R\x05count\"U\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\"_\n" +
+	"\tVectorDoc\x12\x1b\n" +
+	"\tthread_id\x18\x01 \x01(\tR\bthreadId\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\x12!\n" +
+	"\fpayload_json\x18\x03 \x01(\fR\vpayloadJson\"F\n" +
+	"\x13VectorUpsertRequest\x12/\n" +
+	"\x04docs\x18\x01 \x03(\v2\x1b.inboxd.plugin.v1.VectorDocR\x04docs\"\x16\n" +
+	"\x14VectorUpsertResponse\"U\n" +
 	"\x0fCompleteRequest\x12\x16\n" +
 	"\x06system\x18\x01 \x01(\tR\x06system\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x12\n" +
@@ -1215,14 +1366,15 @@ const file_inboxd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xae\x01\n" +
 	"\x06Plugin\x12Q\n" +
 	"\bDescribe\x12!.inboxd.plugin.v1.DescribeRequest\x1a\".inboxd.plugin.v1.DescribeResponse\x12Q\n" +
-	"\bCallTool\x12!.inboxd.plugin.v1.CallToolRequest\x1a\".inboxd.plugin.v1.CallToolResponse2\xb3\x05\n" +
+	"\bCallTool\x12!.inboxd.plugin.v1.CallToolRequest\x1a\".inboxd.plugin.v1.CallToolResponse2\x92\x06\n" +
 	"\x04Host\x12Z\n" +
 	"\vGetSettings\x12$.inboxd.plugin.v1.GetSettingsRequest\x1a%.inboxd.plugin.v1.GetSettingsResponse\x12H\n" +
 	"\x05KVGet\x12\x1e.inboxd.plugin.v1.KVGetRequest\x1a\x1f.inboxd.plugin.v1.KVGetResponse\x12H\n" +
 	"\x05KVSet\x12\x1e.inboxd.plugin.v1.KVSetRequest\x1a\x1f.inboxd.plugin.v1.KVSetResponse\x12Q\n" +
 	"\bKVDelete\x12!.inboxd.plugin.v1.KVDeleteRequest\x1a\".inboxd.plugin.v1.KVDeleteResponse\x12]\n" +
 	"\fVectorSearch\x12%.inboxd.plugin.v1.VectorSearchRequest\x1a&.inboxd.plugin.v1.VectorSearchResponse\x12Z\n" +
-	"\vVectorCount\x12$.inboxd.plugin.v1.VectorCountRequest\x1a%.inboxd.plugin.v1.VectorCountResponse\x12Q\n" +
+	"\vVectorCount\x12$.inboxd.plugin.v1.VectorCountRequest\x1a%.inboxd.plugin.v1.VectorCountResponse\x12]\n" +
+	"\fVectorUpsert\x12%.inboxd.plugin.v1.VectorUpsertRequest\x1a&.inboxd.plugin.v1.VectorUpsertResponse\x12Q\n" +
 	"\bComplete\x12!.inboxd.plugin.v1.CompleteRequest\x1a\".inboxd.plugin.v1.CompleteResponse\x12Z\n" +
 	"\vToneProfile\x12$.inboxd.plugin.v1.ToneProfileRequest\x1a%.inboxd.plugin.v1.ToneProfileResponseB'Z%github.com/inboxd/inboxd/sdk/pluginpbb\x06proto3"
 
@@ -1238,7 +1390,7 @@ func file_inboxd_plugin_v1_plugin_proto_rawDescGZIP() []byte {
 	return file_inboxd_plugin_v1_plugin_proto_rawDescData
 }
 
-var file_inboxd_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_inboxd_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_inboxd_plugin_v1_plugin_proto_goTypes = []any{
 	(*DescribeRequest)(nil),      // 0: inboxd.plugin.v1.DescribeRequest
 	(*DescribeResponse)(nil),     // 1: inboxd.plugin.v1.DescribeResponse
@@ -1258,41 +1410,47 @@ var file_inboxd_plugin_v1_plugin_proto_goTypes = []any{
 	(*VectorSearchResponse)(nil), // 15: inboxd.plugin.v1.VectorSearchResponse
 	(*VectorCountRequest)(nil),   // 16: inboxd.plugin.v1.VectorCountRequest
 	(*VectorCountResponse)(nil),  // 17: inboxd.plugin.v1.VectorCountResponse
-	(*CompleteRequest)(nil),      // 18: inboxd.plugin.v1.CompleteRequest
-	(*CompleteResponse)(nil),     // 19: inboxd.plugin.v1.CompleteResponse
-	(*ToneProfileRequest)(nil),   // 20: inboxd.plugin.v1.ToneProfileRequest
-	(*ToneProfileResponse)(nil),  // 21: inboxd.plugin.v1.ToneProfileResponse
-	nil,                          // 22: inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
+	(*VectorDoc)(nil),            // 18: inboxd.plugin.v1.VectorDoc
+	(*VectorUpsertRequest)(nil),  // 19: inboxd.plugin.v1.VectorUpsertRequest
+	(*VectorUpsertResponse)(nil), // 20: inboxd.plugin.v1.VectorUpsertResponse
+	(*CompleteRequest)(nil),      // 21: inboxd.plugin.v1.CompleteRequest
+	(*CompleteResponse)(nil),     // 22: inboxd.plugin.v1.CompleteResponse
+	(*ToneProfileRequest)(nil),   // 23: inboxd.plugin.v1.ToneProfileRequest
+	(*ToneProfileResponse)(nil),  // 24: inboxd.plugin.v1.ToneProfileResponse
+	nil,                          // 25: inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
 }
 var file_inboxd_plugin_v1_plugin_proto_depIdxs = []int32{
 	2,  // 0: inboxd.plugin.v1.DescribeResponse.tools:type_name -> inboxd.plugin.v1.Tool
 	14, // 1: inboxd.plugin.v1.VectorSearchResponse.hits:type_name -> inboxd.plugin.v1.VectorHit
-	22, // 2: inboxd.plugin.v1.ToneProfileResponse.profiles:type_name -> inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
-	0,  // 3: inboxd.plugin.v1.Plugin.Describe:input_type -> inboxd.plugin.v1.DescribeRequest
-	3,  // 4: inboxd.plugin.v1.Plugin.CallTool:input_type -> inboxd.plugin.v1.CallToolRequest
-	5,  // 5: inboxd.plugin.v1.Host.GetSettings:input_type -> inboxd.plugin.v1.GetSettingsRequest
-	7,  // 6: inboxd.plugin.v1.Host.KVGet:input_type -> inboxd.plugin.v1.KVGetRequest
-	9,  // 7: inboxd.plugin.v1.Host.KVSet:input_type -> inboxd.plugin.v1.KVSetRequest
-	11, // 8: inboxd.plugin.v1.Host.KVDelete:input_type -> inboxd.plugin.v1.KVDeleteRequest
-	13, // 9: inboxd.plugin.v1.Host.VectorSearch:input_type -> inboxd.plugin.v1.VectorSearchRequest
-	16, // 10: inboxd.plugin.v1.Host.VectorCount:input_type -> inboxd.plugin.v1.VectorCountRequest
-	18, // 11: inboxd.plugin.v1.Host.Complete:input_type -> inboxd.plugin.v1.CompleteRequest
-	20, // 12: inboxd.plugin.v1.Host.ToneProfile:input_type -> inboxd.plugin.v1.ToneProfileRequest
-	1,  // 13: inboxd.plugin.v1.Plugin.Describe:output_type -> inboxd.plugin.v1.DescribeResponse
-	4,  // 14: inboxd.plugin.v1.Plugin.CallTool:output_type -> inboxd.plugin.v1.CallToolResponse
-	6,  // 15: inboxd.plugin.v1.Host.GetSettings:output_type -> inboxd.plugin.v1.GetSettingsResponse
-	8,  // 16: inboxd.plugin.v1.Host.KVGet:output_type -> inboxd.plugin.v1.KVGetResponse
-	10, // 17: inboxd.plugin.v1.Host.KVSet:output_type -> inboxd.plugin.v1.KVSetResponse
-	12, // 18: inboxd.plugin.v1.Host.KVDelete:output_type -> inboxd.plugin.v1.KVDeleteResponse
-	15, // 19: inboxd.plugin.v1.Host.VectorSearch:output_type -> inboxd.plugin.v1.VectorSearchResponse
-	17, // 20: inboxd.plugin.v1.Host.VectorCount:output_type -> inboxd.plugin.v1.VectorCountResponse
-	19, // 21: inboxd.plugin.v1.Host.Complete:output_type -> inboxd.plugin.v1.CompleteResponse
-	21, // 22: inboxd.plugin.v1.Host.ToneProfile:output_type -> inboxd.plugin.v1.ToneProfileResponse
-	13, // [13:23] is the sub-list for method output_type
-	3,  // [3:13] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	18, // 2: inboxd.plugin.v1.VectorUpsertRequest.docs:type_name -> inboxd.plugin.v1.VectorDoc
+	25, // 3: inboxd.plugin.v1.ToneProfileResponse.profiles:type_name -> inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
+	0,  // 4: inboxd.plugin.v1.Plugin.Describe:input_type -> inboxd.plugin.v1.DescribeRequest
+	3,  // 5: inboxd.plugin.v1.Plugin.CallTool:input_type -> inboxd.plugin.v1.CallToolRequest
+	5,  // 6: inboxd.plugin.v1.Host.GetSettings:input_type -> inboxd.plugin.v1.GetSettingsRequest
+	7,  // 7: inboxd.plugin.v1.Host.KVGet:input_type -> inboxd.plugin.v1.KVGetRequest
+	9,  // 8: inboxd.plugin.v1.Host.KVSet:input_type -> inboxd.plugin.v1.KVSetRequest
+	11, // 9: inboxd.plugin.v1.Host.KVDelete:input_type -> inboxd.plugin.v1.KVDeleteRequest
+	13, // 10: inboxd.plugin.v1.Host.VectorSearch:input_type -> inboxd.plugin.v1.VectorSearchRequest
+	16, // 11: inboxd.plugin.v1.Host.VectorCount:input_type -> inboxd.plugin.v1.VectorCountRequest
+	19, // 12: inboxd.plugin.v1.Host.VectorUpsert:input_type -> inboxd.plugin.v1.VectorUpsertRequest
+	21, // 13: inboxd.plugin.v1.Host.Complete:input_type -> inboxd.plugin.v1.CompleteRequest
+	23, // 14: inboxd.plugin.v1.Host.ToneProfile:input_type -> inboxd.plugin.v1.ToneProfileRequest
+	1,  // 15: inboxd.plugin.v1.Plugin.Describe:output_type -> inboxd.plugin.v1.DescribeResponse
+	4,  // 16: inboxd.plugin.v1.Plugin.CallTool:output_type -> inboxd.plugin.v1.CallToolResponse
+	6,  // 17: inboxd.plugin.v1.Host.GetSettings:output_type -> inboxd.plugin.v1.GetSettingsResponse
+	8,  // 18: inboxd.plugin.v1.Host.KVGet:output_type -> inboxd.plugin.v1.KVGetResponse
+	10, // 19: inboxd.plugin.v1.Host.KVSet:output_type -> inboxd.plugin.v1.KVSetResponse
+	12, // 20: inboxd.plugin.v1.Host.KVDelete:output_type -> inboxd.plugin.v1.KVDeleteResponse
+	15, // 21: inboxd.plugin.v1.Host.VectorSearch:output_type -> inboxd.plugin.v1.VectorSearchResponse
+	17, // 22: inboxd.plugin.v1.Host.VectorCount:output_type -> inboxd.plugin.v1.VectorCountResponse
+	20, // 23: inboxd.plugin.v1.Host.VectorUpsert:output_type -> inboxd.plugin.v1.VectorUpsertResponse
+	22, // 24: inboxd.plugin.v1.Host.Complete:output_type -> inboxd.plugin.v1.CompleteResponse
+	24, // 25: inboxd.plugin.v1.Host.ToneProfile:output_type -> inboxd.plugin.v1.ToneProfileResponse
+	15, // [15:26] is the sub-list for method output_type
+	4,  // [4:15] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_inboxd_plugin_v1_plugin_proto_init() }
@@ -1306,7 +1464,7 @@ func file_inboxd_plugin_v1_plugin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_inboxd_plugin_v1_plugin_proto_rawDesc), len(file_inboxd_plugin_v1_plugin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

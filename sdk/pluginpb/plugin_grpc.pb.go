@@ -177,6 +177,7 @@ const (
 	Host_KVDelete_FullMethodName     = "/inboxd.plugin.v1.Host/KVDelete"
 	Host_VectorSearch_FullMethodName = "/inboxd.plugin.v1.Host/VectorSearch"
 	Host_VectorCount_FullMethodName  = "/inboxd.plugin.v1.Host/VectorCount"
+	Host_VectorUpsert_FullMethodName = "/inboxd.plugin.v1.Host/VectorUpsert"
 	Host_Complete_FullMethodName     = "/inboxd.plugin.v1.Host/Complete"
 	Host_ToneProfile_FullMethodName  = "/inboxd.plugin.v1.Host/ToneProfile"
 )
@@ -193,6 +194,11 @@ type HostClient interface {
 	KVDelete(ctx context.Context, in *KVDeleteRequest, opts ...grpc.CallOption) (*KVDeleteResponse, error)
 	VectorSearch(ctx context.Context, in *VectorSearchRequest, opts ...grpc.CallOption) (*VectorSearchResponse, error)
 	VectorCount(ctx context.Context, in *VectorCountRequest, opts ...grpc.CallOption) (*VectorCountResponse, error)
+	// VectorUpsert embeds each document's text with the user's embedding
+	// model and writes it, with its payload, into the user's collection (a
+	// thread id already there is replaced). Added after VectorCount: a host
+	// older than the plugin answers Unimplemented.
+	VectorUpsert(ctx context.Context, in *VectorUpsertRequest, opts ...grpc.CallOption) (*VectorUpsertResponse, error)
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error)
 	ToneProfile(ctx context.Context, in *ToneProfileRequest, opts ...grpc.CallOption) (*ToneProfileResponse, error)
 }
@@ -265,6 +271,16 @@ func (c *hostClient) VectorCount(ctx context.Context, in *VectorCountRequest, op
 	return out, nil
 }
 
+func (c *hostClient) VectorUpsert(ctx context.Context, in *VectorUpsertRequest, opts ...grpc.CallOption) (*VectorUpsertResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VectorUpsertResponse)
+	err := c.cc.Invoke(ctx, Host_VectorUpsert_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *hostClient) Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CompleteResponse)
@@ -297,6 +313,11 @@ type HostServer interface {
 	KVDelete(context.Context, *KVDeleteRequest) (*KVDeleteResponse, error)
 	VectorSearch(context.Context, *VectorSearchRequest) (*VectorSearchResponse, error)
 	VectorCount(context.Context, *VectorCountRequest) (*VectorCountResponse, error)
+	// VectorUpsert embeds each document's text with the user's embedding
+	// model and writes it, with its payload, into the user's collection (a
+	// thread id already there is replaced). Added after VectorCount: a host
+	// older than the plugin answers Unimplemented.
+	VectorUpsert(context.Context, *VectorUpsertRequest) (*VectorUpsertResponse, error)
 	Complete(context.Context, *CompleteRequest) (*CompleteResponse, error)
 	ToneProfile(context.Context, *ToneProfileRequest) (*ToneProfileResponse, error)
 	mustEmbedUnimplementedHostServer()
@@ -326,6 +347,9 @@ func (UnimplementedHostServer) VectorSearch(context.Context, *VectorSearchReques
 }
 func (UnimplementedHostServer) VectorCount(context.Context, *VectorCountRequest) (*VectorCountResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VectorCount not implemented")
+}
+func (UnimplementedHostServer) VectorUpsert(context.Context, *VectorUpsertRequest) (*VectorUpsertResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VectorUpsert not implemented")
 }
 func (UnimplementedHostServer) Complete(context.Context, *CompleteRequest) (*CompleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Complete not implemented")
@@ -462,6 +486,24 @@ func _Host_VectorCount_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Host_VectorUpsert_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VectorUpsertRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServer).VectorUpsert(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Host_VectorUpsert_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServer).VectorUpsert(ctx, req.(*VectorUpsertRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Host_Complete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CompleteRequest)
 	if err := dec(in); err != nil {
@@ -528,6 +570,10 @@ var Host_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VectorCount",
 			Handler:    _Host_VectorCount_Handler,
+		},
+		{
+			MethodName: "VectorUpsert",
+			Handler:    _Host_VectorUpsert_Handler,
 		},
 		{
 			MethodName: "Complete",

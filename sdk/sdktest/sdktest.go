@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/inboxd/inboxd/sdk"
@@ -97,8 +98,11 @@ type FakeHost struct {
 	Settings sdk.Settings
 	KV       map[string]string
 	// Hits answer every VectorSearch (less the excluded threads, up to the
-	// limit); VectorCount is their number.
+	// limit); VectorCount is their number. VectorUpsert adds to them (or
+	// replaces the hit of the same thread) with Score 0.
 	Hits []sdk.VectorHit
+	// Upserted records every document VectorUpsert accepted, in order.
+	Upserted []sdk.VectorDoc
 	// Completions answers Complete; nil fails every completion.
 	Completions func(sdk.Completion) (string, error)
 	// Tone holds the tone-of-voice profiles by language.
@@ -176,6 +180,75 @@ func (f *FakeHost) VectorCount(context.Context) (int, error) {
 	return len(f.Hits), nil
 }
 
+// VectorUpsert checks docs as inboxd does (the limits, a thread id and a
+// text for each, no "tenant_id" and no other "thread_id" in a payload),
+// then adds each to Hits with Score 0 and its payload as a plugin reads it
+// back (through JSON, "thread_id" set), and to Upserted. A refused call
+// changes nothing.
+func (f *FakeHost) VectorUpsert(_ context.Context, docs []sdk.VectorDoc) error {
+	if len(docs) > sdk.MaxVectorUpsertDocs {
+		return fmt.Errorf("sdktest: vector upsert: %d documents in one call, at most %d: split the batch", len(docs), sdk.MaxVectorUpsertDocs)
+	}
+	hits := make([]sdk.VectorHit, len(docs))
+	size := 0
+	for i, d := range docs {
+		if d.ThreadID == "" || strings.TrimSpace(d.Text) == "" {
+			return fmt.Errorf("sdktest: vector upsert: document %d (thread %q): a thread id and a text are required", i+1, d.ThreadID)
+		}
+		payload, err := roundTrip(d)
+		if err != nil {
+			return fmt.Errorf("sdktest: vector upsert: document %d (thread %q): %w", i+1, d.ThreadID, err)
+		}
+		size += len(d.ThreadID) + len(d.Text) + payload.size
+		hits[i] = sdk.VectorHit{ThreadID: d.ThreadID, Payload: payload.m}
+	}
+	if size > sdk.MaxVectorUpsertBytes {
+		return fmt.Errorf("sdktest: vector upsert: %d bytes of thread ids, texts and payloads in one call, at most %d: split the batch", size, sdk.MaxVectorUpsertBytes)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, h := range hits {
+		if i := slices.IndexFunc(f.Hits, func(x sdk.VectorHit) bool { return x.ThreadID == h.ThreadID }); i >= 0 {
+			f.Hits[i] = h
+		} else {
+			f.Hits = append(f.Hits, h)
+		}
+	}
+	f.Upserted = append(f.Upserted, docs...)
+	return nil
+}
+
+// payloadJSON is a payload as the host would store and return it, and the
+// size of its JSON encoding (what counts toward MaxVectorUpsertBytes).
+type payloadJSON struct {
+	m    map[string]any
+	size int
+}
+
+// roundTrip encodes d's payload as the SDK sends it and decodes it as the
+// SDK reads it back, with the host's rules on thread_id and tenant_id.
+func roundTrip(d sdk.VectorDoc) (payloadJSON, error) {
+	out := payloadJSON{m: map[string]any{}}
+	if len(d.Payload) > 0 {
+		b, err := json.Marshal(d.Payload)
+		if err != nil {
+			return out, fmt.Errorf("payload: %w", err)
+		}
+		if err := json.Unmarshal(b, &out.m); err != nil {
+			return out, fmt.Errorf("payload: %w", err)
+		}
+		out.size = len(b)
+	}
+	if _, ok := out.m["tenant_id"]; ok {
+		return out, errors.New(`payload field "tenant_id" is reserved`)
+	}
+	if v, ok := out.m["thread_id"]; ok && v != d.ThreadID {
+		return out, fmt.Errorf("payload thread_id %v differs from the thread id", v)
+	}
+	out.m["thread_id"] = d.ThreadID
+	return out, nil
+}
+
 // Complete calls Completions.
 func (f *FakeHost) Complete(_ context.Context, req sdk.Completion) (string, error) {
 	if f.Completions == nil {
@@ -219,6 +292,9 @@ func (n needsHost) VectorSearch(ctx context.Context, q string, limit int, exclud
 	return n.h.VectorSearch(ctx, q, limit, exclude)
 }
 func (n needsHost) VectorCount(ctx context.Context) (int, error) { return n.h.VectorCount(ctx) }
+func (n needsHost) VectorUpsert(ctx context.Context, docs []sdk.VectorDoc) error {
+	return n.h.VectorUpsert(ctx, docs)
+}
 func (n needsHost) Complete(ctx context.Context, req sdk.Completion) (string, error) {
 	return n.h.Complete(ctx, req)
 }

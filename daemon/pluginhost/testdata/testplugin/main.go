@@ -10,6 +10,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/inboxd/inboxd/sdk"
@@ -97,6 +98,24 @@ func tools() []sdk.Tool {
 					return sdk.Result{}, ctx.Err()
 				}
 			}},
+		{Name: "vector_upsert", Description: "upserts docs (and generated ones), then counts and searches the collection", InputSchema: obj,
+			Handler: vectorUpsert},
+		{Name: "block", Description: "blocks until the call ends or the process is killed; with a release text, answers it at once", InputSchema: obj,
+			Handler: func(ctx context.Context, call sdk.Call) (sdk.Result, error) {
+				var a struct{ Release string }
+				if err := call.Bind(&a); err != nil {
+					return sdk.Errorf("%v", err), nil
+				}
+				if a.Release != "" {
+					return sdk.Text("released: " + a.Release), nil
+				}
+				// The tests wait for this line (stderr goes to the host's
+				// log) to know the call is in flight.
+				u, _ := sdk.UserFrom(ctx)
+				log.Printf("block: call of instance %s in flight", u.InstanceID)
+				<-ctx.Done()
+				return sdk.Result{}, ctx.Err()
+			}},
 		{Name: "crash", Description: "exits the process", InputSchema: obj,
 			Handler: func(context.Context, sdk.Call) (sdk.Result, error) {
 				os.Exit(2)
@@ -123,4 +142,41 @@ func tools() []sdk.Tool {
 				return sdk.Text("printed"), nil
 			}},
 	}
+}
+
+// vectorUpsert upserts the given docs plus Generate.N generated ones of
+// Generate.TextBytes bytes of text each (to reach the limits without
+// sending megabytes of arguments), then answers the collection's count and
+// the hits of Query.
+func vectorUpsert(ctx context.Context, call sdk.Call) (sdk.Result, error) {
+	var a struct {
+		Docs     []sdk.VectorDoc
+		Generate struct{ N, TextBytes int }
+		Query    string
+	}
+	if err := call.Bind(&a); err != nil {
+		return sdk.Errorf("%v", err), nil
+	}
+	for i := range a.Generate.N {
+		a.Docs = append(a.Docs, sdk.VectorDoc{ThreadID: fmt.Sprintf("generated-%d", i), Text: strings.Repeat("x", max(a.Generate.TextBytes, 1))})
+	}
+	h := sdk.HostFrom(ctx)
+	if len(a.Docs) > 0 {
+		if err := h.VectorUpsert(ctx, a.Docs); err != nil {
+			return sdk.Result{}, err
+		}
+	}
+	n, err := h.VectorCount(ctx)
+	if err != nil {
+		return sdk.Result{}, err
+	}
+	out := map[string]any{"count": n, "hits": []sdk.VectorHit{}}
+	if a.Query != "" {
+		hits, err := h.VectorSearch(ctx, a.Query, 10, nil)
+		if err != nil {
+			return sdk.Result{}, err
+		}
+		out["hits"] = hits
+	}
+	return sdk.JSON(out)
 }
