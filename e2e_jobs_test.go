@@ -49,12 +49,9 @@ func (d *daemon) initStatus() initStatus {
 // POST), skips the threads already stored, and completes with exactly one
 // point per thread.
 //
-// A SIGKILLed process leaves its job lease (60 s, renewed every 20 s) in
-// the embedded KV, and the recovery sweep only resumes a job whose lease is
-// gone. The serve configuration has no knob for the jobs' lease, so the
-// test expires the dead process's lease in the SQLite file while no daemon
-// runs: the passage of the lease's TTL, without waiting a minute for it
-// (daemon/jobs' TestCrashRecovery waits for a real expiry in-process).
+// A SIGKILLed process leaves its job lease in the KV, and the recovery sweep
+// resumes only a job whose lease is gone: the test runs with jobs.lease = 3s
+// and waits for the real expiry.
 func TestInitializationResumesAfterSIGKILL(t *testing.T) {
 	const userAddr = "alice@example.com"
 	dove := testsvc.Dovecot(t, map[string]string{"alice": "alice-pw"})
@@ -62,7 +59,8 @@ func TestInitializationResumesAfterSIGKILL(t *testing.T) {
 	want := seedThreads(t, dove, "alice", userAddr, 200, 50)
 	t.Logf("seeded %d threads in %v", len(want), time.Since(seedStart).Round(time.Millisecond))
 
-	d := newDaemon(t)
+	const jobsLease = 5 * time.Second
+	d := newDaemon(t, "INBOXD_JOBS_LEASE="+jobsLease.String())
 	d.start()
 	var me struct {
 		ID string `json:"id"`
@@ -124,18 +122,11 @@ func TestInitializationResumesAfterSIGKILL(t *testing.T) {
 	}
 	leaseKey := "lease:job:inbox_initialization:" + me.ID
 	owner, expires := kvValue(leaseKey)
-	if left := time.Until(time.UnixMilli(expires)); left <= 0 {
-		t.Fatalf("the dead process's lease (%s) already expired %v ago", owner, -left)
-	} else {
-		t.Logf("the dead process's lease %s would expire in %v: expiring it now", owner, left.Round(time.Millisecond))
+	left := time.Until(time.UnixMilli(expires))
+	if left <= 0 || left > jobsLease {
+		t.Fatalf("the dead process's lease (%s) expires in %v; want within jobs.lease (%v)", owner, left, jobsLease)
 	}
-	res, err := db.ExecContext(ctx, "UPDATE kv SET expires_at = ? WHERE key = ?", time.Now().Add(-time.Millisecond).UnixMilli(), leaseKey)
-	if err != nil {
-		t.Fatalf("expire the lease: %v", err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		t.Fatalf("expire the lease: %d rows", n)
-	}
+	t.Logf("the dead process's lease %s expires in %v", owner, left.Round(time.Millisecond))
 
 	// The second process: nothing is started by hand.
 	logOffset := fileSize(t, d.logPath)
@@ -159,18 +150,28 @@ func TestInitializationResumesAfterSIGKILL(t *testing.T) {
 	}
 
 	// The second process resumed the job and embedded only what was missing.
-	resumed, listed := false, map[string]any(nil)
+	// The first listing is the resumption. On a loaded machine the job may
+	// lose its (short) lease to a slow store and be resumed again by the
+	// next sweep: each later listing must then find at least as much stored.
+	resumed, listed, lastStored := false, map[string]any(nil), 0
 	for _, rec := range logRecords(t, d.logPath, logOffset) {
 		switch rec["msg"] {
 		case "jobs: resumed a job left running by a stopped process":
 			resumed = resumed || rec["user_id"] == me.ID && rec["job"] == "inbox_initialization"
 		case "jobs: initialisation listed threads":
-			if rec["user_id"] == me.ID {
-				if listed != nil {
-					t.Errorf("the second process listed threads twice: %v and %v", listed, rec)
-				}
-				listed = rec
+			if rec["user_id"] != me.ID {
+				continue
 			}
+			n := int(rec["already_stored"].(float64))
+			if listed == nil {
+				listed = rec
+			} else {
+				t.Logf("the job was resumed again (lease lost on a loaded machine): %v", rec)
+				if n < lastStored {
+					t.Errorf("a later resumption found %d stored, fewer than the %d before it", n, lastStored)
+				}
+			}
+			lastStored = n
 		}
 	}
 	if !resumed {

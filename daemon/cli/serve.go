@@ -161,6 +161,9 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 	jobManager, err := jobs.New(jobs.Config{
 		Workers: cfg.Jobs.Workers, KV: st.kv, Settings: settingsStore, Vectors: vecs, Catalog: catalog,
 		LLM: llmClient, Users: st.users, Logger: logger, Registerer: m.Registry, Owner: owner,
+		// A dead process's jobs are looked for twice per lease: resumed at
+		// most 1.5 leases after the death.
+		LeaseTTL: cfg.Jobs.Lease, RecoverEvery: cfg.Jobs.Lease / 2,
 	})
 	if err != nil {
 		return err

@@ -39,7 +39,7 @@ type Config struct {
 	Plugins       Plugins
 	Poll          Poll
 	Workflow      Workflow
-	Jobs          Workers
+	Jobs          Jobs
 	Log           Log
 	Demo          bool
 }
@@ -73,6 +73,14 @@ type Poll struct {
 // Workers sizes a worker pool.
 type Workers struct {
 	Workers int
+}
+
+// Jobs tunes the background job runner.
+type Jobs struct {
+	Workers int
+	// Lease is how long a job stays with a process that stops renewing it
+	// (crashed) before the recovery sweep resumes it elsewhere.
+	Lease time.Duration
 }
 
 // Workflow tunes the workflow runner.
@@ -207,6 +215,8 @@ func options() []option {
 	add("workflow.lease", "30s", false, f, g)
 	f, g = integer(func(c *Config) *int { return &c.Jobs.Workers })
 	add("jobs.workers", workersDefault(1, 2), false, f, g)
+	f, g = duration(func(c *Config) *time.Duration { return &c.Jobs.Lease })
+	add("jobs.lease", "60s", false, f, g)
 	s("log.level", "info", false, func(c *Config) *string { return &c.Log.Level })
 	s("log.format", "", false, func(c *Config) *string { return &c.Log.Format })
 	f, g = boolean(func(c *Config) *bool { return &c.Demo })
@@ -362,7 +372,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("auth.mode", "want none, password, apikey or oidc, got %q", c.Auth.Mode)
 	}
-	for key, d := range map[string]time.Duration{"workflow.lease": c.Workflow.Lease, "poll.lease": c.Poll.Lease} {
+	for key, d := range map[string]time.Duration{"workflow.lease": c.Workflow.Lease, "poll.lease": c.Poll.Lease, "jobs.lease": c.Jobs.Lease} {
 		if d < time.Second || d > time.Hour {
 			bad(key, "must be 1s-1h, got %s", d)
 		}

@@ -20,24 +20,45 @@ const (
 // inboxMailbox is the only mailbox whose new mail triggers workflows.
 const inboxMailbox = "INBOX"
 
+// triggerState is the user's trigger state (last_email_uid and
+// last_email_uidvalidity) as this replica last read or wrote it. A tenant
+// keeps it for as long as one holding of the lease lasts: no other replica
+// polls the user meanwhile, so the stored state cannot change under it, and
+// the common poll (nothing new) costs no store read. It is dropped on any
+// poll error (a write's outcome may be unknown) and with every new holding.
+type triggerState struct {
+	loaded         bool // false: read the store first
+	known          bool // false: never polled (no baseline yet)
+	last, validity uint32
+}
+
 // pollOnce checks the user's INBOX once and starts the matching workflows
 // of every message above the stored UID. It returns how many new messages
-// it handled.
+// it handled. ts caches the trigger state between polls (see triggerState).
 //
 // Why nothing is lost or run twice: last_email_uid advances only after the
 // instances of a message exist, and each instance is created with the
 // idempotency key {user}:{mailbox}:{uidvalidity}:{uid}:{workflow}; so a crash
 // before the advance re-creates nothing, and a crash after it has nothing
 // left to do.
-func (p *Poller) pollOnce(ctx context.Context, user userid.ID, acct mail.Account) (int, error) {
+func (p *Poller) pollOnce(ctx context.Context, user userid.ID, acct mail.Account, ts *triggerState) (n int, err error) {
+	defer func() {
+		if err != nil {
+			*ts = triggerState{}
+		}
+	}()
 	st, err := p.inbox.Status(ctx, user, acct)
 	if err != nil {
 		return 0, fmt.Errorf("poll %s: status: %w", user, err)
 	}
-	last, validity, known, err := p.readState(ctx, user)
-	if err != nil {
-		return 0, err
+	if !ts.loaded {
+		last, validity, known, err := p.readState(ctx, user)
+		if err != nil {
+			return 0, err
+		}
+		*ts = triggerState{loaded: true, known: known, last: last, validity: validity}
 	}
+	last, validity, known := ts.last, ts.validity, ts.known
 	if !known || validity != st.UIDValidity {
 		// First poll, or the mailbox was recreated: every UID now means
 		// something else. Take the newest as the baseline and run nothing,
@@ -60,7 +81,11 @@ func (p *Poller) pollOnce(ctx context.Context, user userid.ID, acct mail.Account
 		for _, uid := range above {
 			baseline = max(baseline, uid)
 		}
-		return 0, p.writeState(ctx, user, baseline, st.UIDValidity)
+		if err := p.writeState(ctx, user, baseline, st.UIDValidity); err != nil {
+			return 0, err
+		}
+		*ts = triggerState{loaded: true, known: true, last: baseline, validity: st.UIDValidity}
+		return 0, nil
 	}
 	if st.UIDNext != 0 && st.UIDNext <= last+1 {
 		return 0, nil // nothing new: the common case costs one STATUS
@@ -86,7 +111,7 @@ func (p *Poller) pollOnce(ctx context.Context, user userid.ID, acct mail.Account
 		if err := p.kv.Set(ctx, user.Key(keyLastUID), strconv.FormatUint(uint64(uid), 10), 0); err != nil {
 			return 0, fmt.Errorf("poll %s: advance last uid to %d: %w", user, uid, err)
 		}
-		last = uid
+		last, ts.last = uid, uid
 		p.m.newMessages.Inc()
 	}
 	return len(uids), nil

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -405,4 +407,86 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string, val
 		}
 	}
 	return 0
+}
+
+// fetchCounter counts the messages a poller fetches, by UID.
+type fetchCounter struct {
+	poller.Inbox
+	mu      sync.Mutex
+	fetched map[uint32]int
+}
+
+func (c *fetchCounter) Message(ctx context.Context, user userid.ID, acct mail.Account, uid uint32) (poller.Message, error) {
+	c.mu.Lock()
+	c.fetched[uid]++
+	c.mu.Unlock()
+	return c.Inbox.Message(ctx, user, acct, uid)
+}
+
+func (c *fetchCounter) count(uid uint32) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fetched[uid]
+}
+
+// TestTriggerStateRereadOnNewHolding: a tenant keeps its trigger state in
+// memory while it holds the lease, but reads it again after losing and
+// retaking the lease, since another replica may have handled mail meanwhile.
+// Without the re-read the poller would fetch and handle that mail again.
+func TestTriggerStateRereadOnNewHolding(t *testing.T) {
+	srv := servers(t, map[string]string{"u1": "pw"})["memserver"]
+	f := newFixture(t)
+	id, wf := f.user(t, "u1@example.com", srv, "u1", "pw", workflow.FilterRules{})
+	inbox := &fetchCounter{Inbox: newInbox(t), fetched: map[uint32]int{}}
+	const ttl = 600 * time.Millisecond
+	p, err := poller.New(poller.Config{Owner: "r1", Interval: 50 * time.Millisecond, Refresh: 50 * time.Millisecond, LeaseTTL: ttl},
+		f.kv, f.wf, f.settings, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), f.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { stop(); <-done }()
+
+	waitFor(t, "baseline", 5*time.Second, f.baselined(id))
+	srv.deliver(t, "u1", message(1, "c@example.com", "first"))
+	waitFor(t, "the first mail's instance", 5*time.Second, func() bool { return len(f.instances(t, id, wf)) == 1 })
+	last, err := f.kv.Get(ctx, id.Key("last_email_uid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Another replica takes the lease, handles the second mail and advances
+	// the state; the poller must stop polling meanwhile.
+	lease := "lease:poll:" + id.String()
+	if err := f.kv.Set(ctx, lease, "r2", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "r1 to notice the lease is gone", 5*time.Second, func() bool {
+		return gauge(t, f.reg, "inboxd_tenants", poller.StateElsewhere) == 1
+	})
+	srv.deliver(t, "u1", message(2, "c@example.com", "handled elsewhere"))
+	lastN, _ := strconv.ParseUint(last, 10, 32)
+	second := uint32(lastN) + 1
+	if err := f.kv.Set(ctx, id.Key("last_email_uid"), strconv.FormatUint(uint64(second), 10), 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * ttl / 2)
+	if n := inbox.count(second); n != 0 {
+		t.Fatalf("r1 fetched uid %d %d times without the lease", second, n)
+	}
+
+	// The lease comes back: the third mail is handled, the second is not.
+	if err := f.kv.Delete(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	srv.deliver(t, "u1", message(3, "c@example.com", "third"))
+	waitFor(t, "the third mail's instance", 5*time.Second, func() bool { return len(f.instances(t, id, wf)) == 2 })
+	if n := inbox.count(second); n != 0 {
+		t.Errorf("uid %d, handled by another replica, was fetched %d times after the lease came back", second, n)
+	}
+	if n := inbox.count(second + 1); n != 1 {
+		t.Errorf("uid %d fetched %d times, want 1", second+1, n)
+	}
 }

@@ -30,6 +30,10 @@ type tenant struct {
 	kick   chan struct{} // 1-slot: a pending "poll now"
 	keeper *leaseKeeper  // set before the tenant's loop starts
 
+	// Owned by the tenant's loop goroutine alone.
+	trigger     triggerState
+	triggerHold context.Context // the holding trigger was cached under
+
 	mu         sync.Mutex
 	state      string
 	failures   int
@@ -272,8 +276,11 @@ func (t *tenant) pollSlot(ctx context.Context, scheduled time.Time) time.Duratio
 	} else {
 		p.m.lag.Observe(0)
 	}
+	if t.triggerHold != ctx { // a new holding: another replica may have polled meanwhile
+		t.trigger, t.triggerHold = triggerState{}, ctx
+	}
 	pctx, cancel := context.WithTimeout(ctx, p.cfg.PollTimeout)
-	n, err := p.pollOnce(pctx, t.id, t.acct)
+	n, err := p.pollOnce(pctx, t.id, t.acct, &t.trigger)
 	cancel()
 	p.m.duration.Observe(time.Since(start).Seconds())
 	if ctx.Err() != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -21,6 +22,12 @@ import (
 // read meets them, and in bulk by Sweep.
 type SQLStore struct {
 	db *sqldb.DB
+
+	// stmts holds the store's statements, prepared on first use: preparing
+	// costs SQLite about as much as running a point query, and the poller
+	// runs thousands of point queries a second.
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -30,9 +37,57 @@ var _ Store = (*SQLStore)(nil)
 const batchSize = 500
 
 // NewSQL returns the store on db's kv table (created by sqldb migration 0001).
-// The store does not own db: Close is a no-op, close db yourself.
+// The store does not own db: Close releases only the store's prepared
+// statements; close db yourself, after the store.
 func NewSQL(db *sqldb.DB) *SQLStore {
-	return &SQLStore{db: db}
+	return &SQLStore{db: db, stmts: map[string]*sql.Stmt{}}
+}
+
+// maxCachedIn bounds the IN (...) lists whose statements are kept prepared:
+// the short lists of point reads repeat, a long list rarely does.
+const maxCachedIn = 16
+
+// stmt returns the prepared statement of query (written with ? placeholders).
+func (s *SQLStore) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.mu.Lock()
+	st, ok := s.stmts[query]
+	s.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, s.db.Rebind(query))
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if prev, ok := s.stmts[query]; ok { // prepared meanwhile by another caller
+		_ = st.Close()
+		return prev, nil
+	}
+	s.stmts[query] = st
+	return st, nil
+}
+
+// exec runs a statement through the cache.
+func (s *SQLStore) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, err := s.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// query runs a query through the cache, or unprepared when cache is false.
+func (s *SQLStore) query(ctx context.Context, cache bool, query string, args ...any) (*sql.Rows, error) {
+	if !cache {
+		return s.db.QueryContext(ctx, s.db.Rebind(query), args...)
+	}
+	st, err := s.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
 }
 
 func nowMS() int64 { return time.Now().UnixMilli() }
@@ -55,7 +110,10 @@ func (s *SQLStore) Get(ctx context.Context, key string) (string, error) {
 		value string
 		exp   sql.NullInt64
 	)
-	err := s.db.QueryRowContext(ctx, s.db.Rebind("SELECT value, expires_at FROM kv WHERE key = ?"), key).Scan(&value, &exp)
+	st, err := s.stmt(ctx, selectOne)
+	if err == nil {
+		err = st.QueryRowContext(ctx, key).Scan(&value, &exp)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", ErrNotFound
 	}
@@ -69,6 +127,8 @@ func (s *SQLStore) Get(ctx context.Context, key string) (string, error) {
 	return value, nil
 }
 
+const selectOne = "SELECT value, expires_at FROM kv WHERE key = ?"
+
 // MGet returns the live values among keys.
 func (s *SQLStore) MGet(ctx context.Context, keys ...string) (map[string]string, error) {
 	out := make(map[string]string, len(keys))
@@ -76,8 +136,8 @@ func (s *SQLStore) MGet(ctx context.Context, keys ...string) (map[string]string,
 	var expired []string
 	for start := 0; start < len(keys); start += batchSize {
 		chunk := keys[start:min(start+batchSize, len(keys))]
-		q := s.db.Rebind("SELECT key, value, expires_at FROM kv WHERE key IN (" + placeholders(len(chunk)) + ")")
-		rows, err := s.db.QueryContext(ctx, q, anySlice(chunk)...)
+		q := "SELECT key, value, expires_at FROM kv WHERE key IN (" + placeholders(len(chunk)) + ")"
+		rows, err := s.query(ctx, len(chunk) <= maxCachedIn, q, anySlice(chunk)...)
 		if err != nil {
 			return nil, fmt.Errorf("kv: mget: %w", err)
 		}
@@ -117,7 +177,7 @@ func (s *SQLStore) Set(ctx context.Context, key, value string, ttl time.Duration
 	if ttl < 0 {
 		return fmt.Errorf("kv: set %q: negative ttl %v", key, ttl)
 	}
-	if _, err := s.db.ExecContext(ctx, s.db.Rebind(upsert), key, value, expiresAt(ttl)); err != nil {
+	if _, err := s.exec(ctx, upsert, key, value, expiresAt(ttl)); err != nil {
 		return fmt.Errorf("kv: set %q: %w", key, err)
 	}
 	return nil
@@ -140,10 +200,11 @@ func (s *SQLStore) SetMany(ctx context.Context, pairs map[string]string) (err er
 			_ = tx.Rollback()
 		}
 	}()
-	stmt, err := tx.PrepareContext(ctx, s.db.Rebind(upsert))
+	shared, err := s.stmt(ctx, upsert)
 	if err != nil {
 		return fmt.Errorf("kv: set many: %w", err)
 	}
+	stmt := tx.StmtContext(ctx, shared)
 	defer stmt.Close()
 	for k, v := range pairs {
 		if _, err := stmt.ExecContext(ctx, k, v, sql.NullInt64{}); err != nil {
@@ -175,10 +236,10 @@ func (s *SQLStore) SetNX(ctx context.Context, key, value string, ttl time.Durati
 		return false, fmt.Errorf("kv: setnx %q: ttl must be positive, got %v", key, ttl)
 	}
 	exp := expiresAt(ttl)
-	res, err := s.db.ExecContext(ctx, s.db.Rebind(
+	res, err := s.exec(ctx,
 		"INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "+
 			"ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at "+
-			"WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?"),
+			"WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?",
 		key, value, exp, nowMS())
 	if err != nil {
 		return false, fmt.Errorf("kv: setnx %q: %w", key, err)
@@ -195,8 +256,8 @@ func (s *SQLStore) CompareAndSwap(ctx context.Context, key, old, value string, t
 	if ttl <= 0 {
 		return false, fmt.Errorf("kv: compare-and-swap %q: ttl must be positive, got %v", key, ttl)
 	}
-	res, err := s.db.ExecContext(ctx, s.db.Rebind(
-		"UPDATE kv SET value = ?, expires_at = ? WHERE key = ? AND value = ? AND (expires_at IS NULL OR expires_at > ?)"),
+	res, err := s.exec(ctx,
+		"UPDATE kv SET value = ?, expires_at = ? WHERE key = ? AND value = ? AND (expires_at IS NULL OR expires_at > ?)",
 		value, expiresAt(ttl), key, old, nowMS())
 	if err != nil {
 		return false, fmt.Errorf("kv: compare-and-swap %q: %w", key, err)
@@ -206,8 +267,8 @@ func (s *SQLStore) CompareAndSwap(ctx context.Context, key, old, value string, t
 
 // CompareAndDelete deletes a live value equal to old, in one statement.
 func (s *SQLStore) CompareAndDelete(ctx context.Context, key, old string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, s.db.Rebind(
-		"DELETE FROM kv WHERE key = ? AND value = ? AND (expires_at IS NULL OR expires_at > ?)"),
+	res, err := s.exec(ctx,
+		"DELETE FROM kv WHERE key = ? AND value = ? AND (expires_at IS NULL OR expires_at > ?)",
 		key, old, nowMS())
 	if err != nil {
 		return false, fmt.Errorf("kv: compare-and-delete %q: %w", key, err)
@@ -390,8 +451,18 @@ func (s *SQLStore) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close does nothing: the *sqldb.DB belongs to the caller.
-func (s *SQLStore) Close() error { return nil }
+// Close releases the store's prepared statements; the *sqldb.DB belongs to
+// the caller, who closes it.
+func (s *SQLStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for q, st := range s.stmts {
+		errs = append(errs, st.Close())
+		delete(s.stmts, q)
+	}
+	return errors.Join(errs...)
+}
 
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")

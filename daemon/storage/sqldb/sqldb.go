@@ -70,6 +70,11 @@ const sqliteParams = "_pragma=busy_timeout(10000)" +
 	"&_txlock=immediate" +
 	"&_time_format=sqlite"
 
+// sqliteConns is the size of SQLite's fixed connection pool: enough for
+// concurrent readers under WAL on a few cores; a transaction that asked for a
+// second connection while holding one would wait only if all were taken.
+const sqliteConns = 32
+
 // Open connects to the database at url and checks that it answers:
 //
 //	sqlite://PATH                 PATH relative (sqlite://./data/inboxd.db) or absolute
@@ -119,9 +124,19 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		return nil, fmt.Errorf("sqldb: open %s: %w", dialect, err)
 	}
 	// Keep connections for bursts of concurrent requests instead of the
-	// database/sql default of 2 idle ones (each new SQLite connection re-runs
-	// the pragmas; each new PostgreSQL one costs a round trip and a backend).
+	// database/sql default of 2 idle ones (each new PostgreSQL connection
+	// costs a round trip and a backend).
 	db.SetMaxIdleConns(10)
+	if dialect == SQLite {
+		// A new SQLite connection re-runs the pragmas, re-reads the schema and
+		// re-prepares every statement: a pool that closes connections beyond
+		// its idle limit after a burst (a thousand lease renewals) spends most
+		// of its time opening them again. So SQLite gets a fixed pool: bursts
+		// queue for a connection in Go, which is cheaper than SQLite's busy
+		// handler, and writers serialise on SQLite's one write lock anyway.
+		db.SetMaxOpenConns(sqliteConns)
+		db.SetMaxIdleConns(sqliteConns)
+	}
 	d := &DB{DB: db, Dialect: dialect}
 	if err := d.Ping(ctx); err != nil {
 		_ = db.Close()
