@@ -100,6 +100,20 @@ type IdleOptions struct {
 	// Liveness is how often the connection is checked with NOOP between
 	// IDLEs, so a half-open connection is noticed.
 	Liveness time.Duration // default 4m
+	// Loans, when set, lends the idling connection to other work (a poll)
+	// between two IDLEs, so a watched user needs no second connection: see
+	// Loan.
+	Loans <-chan Loan
+}
+
+// Loan asks an idling connection for its client: Idle stops the IDLE, runs
+// Use on the connection, sends its error to Done (buffered, capacity 1),
+// and idles again. Use may select other mailboxes; Idle selects its own
+// again afterwards. An error from Use ends Idle with that error, since the
+// connection's state is then unknown.
+type Loan struct {
+	Use  func(c *imapclient.Client) error
+	Done chan<- error
 }
 
 // Idle selects mailbox on a connection made for it (dialed with
@@ -125,6 +139,7 @@ func Idle(ctx context.Context, c *imapclient.Client, mailbox string, opts IdleOp
 			return fmt.Errorf("mail: idle: %w", err)
 		}
 		timer := time.NewTimer(opts.Liveness)
+		var loan *Loan
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -134,6 +149,9 @@ func Idle(ctx context.Context, c *imapclient.Client, mailbox string, opts IdleOp
 			timer.Stop()
 			return errors.New("mail: idle: connection closed")
 		case <-timer.C:
+		case l := <-opts.Loans: // a nil channel never delivers
+			timer.Stop()
+			loan = &l
 		}
 		// Stopping IDLE and a NOOP both need an answer: a half-open
 		// connection fails here (bounded by the liveness context).
@@ -145,10 +163,27 @@ func Idle(ctx context.Context, c *imapclient.Client, mailbox string, opts IdleOp
 			if err := cmd.Wait(); err != nil {
 				return fmt.Errorf("mail: idle: %w", err)
 			}
+			if loan != nil {
+				return nil // the borrower's commands prove the connection alive
+			}
 			return c.Noop().Wait()
 		})
 		cancel()
 		if err != nil {
+			if loan != nil {
+				loan.Done <- err
+			}
+			return err
+		}
+		if loan == nil {
+			continue
+		}
+		err = loan.Use(c)
+		loan.Done <- err
+		if err != nil {
+			return err
+		}
+		if err := withContext(ctx, c, func() error { _, err := examine(c, mailbox); return err }); err != nil {
 			return err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -14,18 +15,37 @@ import (
 	"github.com/inboxd/inboxd/daemon/workflow"
 )
 
-// IMAPInbox is the production Inbox: pooled connections for checks and
-// fetches, and one dedicated connection per user for IDLE.
+// IMAPInbox is the production Inbox. A watched user (IDLE) has one
+// connection, which idles and is lent to the user's polls between two IDLEs;
+// other users' polls use pooled connections.
 type IMAPInbox struct {
 	Pool   *mail.Pool
 	Dial   mail.DialOptions // for the IDLE connections
 	Idle   mail.IdleOptions
 	Thread mail.ThreadOptions
+
+	mu      sync.Mutex
+	watches map[userid.ID]*watch
 }
 
-// use runs f on a pooled connection of user, discarding the connection
-// after any error (its protocol state is unknown) and releasing it otherwise.
+// watch is a user's IDLE connection as polls see it: ready closes once it
+// idles (loans are then served), gone once it has ended.
+type watch struct {
+	acct  mail.Account
+	loans chan mail.Loan
+	ready chan struct{}
+	gone  chan struct{}
+}
+
+// use runs f on a connection of user: the user's IDLE connection when there
+// is one, else a pooled one. A pooled connection is discarded after any
+// error (its protocol state is unknown) and released otherwise.
 func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account, f func(c *imapclient.Client) error) error {
+	if w := in.watching(user, acct); w != nil {
+		if lent, err := w.borrow(ctx, f); lent {
+			return err
+		}
+	}
 	conn, err := in.Pool.Acquire(ctx, user.String(), acct)
 	if err != nil {
 		return err
@@ -102,8 +122,25 @@ func (in *IMAPInbox) Message(ctx context.Context, user userid.ID, acct mail.Acco
 }
 
 // Watch idles on INBOX over a connection of its own (not from the pool: it
-// is held for as long as the user is watched).
+// is held for as long as the user is watched), and lends it to the user's
+// polls meanwhile.
 func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func()) error {
+	w := &watch{acct: acct, loans: make(chan mail.Loan), ready: make(chan struct{}), gone: make(chan struct{})}
+	in.mu.Lock()
+	if in.watches == nil {
+		in.watches = map[userid.ID]*watch{}
+	}
+	in.watches[user] = w
+	in.mu.Unlock()
+	defer func() {
+		in.mu.Lock()
+		if in.watches[user] == w {
+			delete(in.watches, user)
+		}
+		in.mu.Unlock()
+		close(w.gone)
+	}()
+
 	opts := in.Dial
 	opts.Unilateral = &imapclient.UnilateralDataHandler{
 		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
@@ -117,9 +154,49 @@ func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Accoun
 		return err
 	}
 	defer c.Close()
-	err = mail.Idle(ctx, c, inboxMailbox, in.Idle)
+	idle := in.Idle
+	idle.Loans = w.loans
+	close(w.ready) // loans wait in the channel until Idle takes them
+	err = mail.Idle(ctx, c, inboxMailbox, idle)
 	if errors.Is(err, mail.ErrIdleUnsupported) {
 		return ErrIdleUnsupported
 	}
 	return err
+}
+
+// watching returns the user's watch for acct, if any.
+func (in *IMAPInbox) watching(user userid.ID, acct mail.Account) *watch {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if w := in.watches[user]; w != nil && w.acct == acct {
+		return w
+	}
+	return nil
+}
+
+// borrow runs f on the watch's connection. lent is false when the watch
+// ended before taking the loan (or never got a connection): use a pooled
+// connection then.
+func (w *watch) borrow(ctx context.Context, f func(c *imapclient.Client) error) (lent bool, err error) {
+	select {
+	case <-w.ready:
+	case <-w.gone:
+		return false, nil
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
+	done := make(chan error, 1)
+	select {
+	case w.loans <- mail.Loan{Use: f, Done: done}:
+	case <-w.gone:
+		return false, nil
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return true, err
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -488,5 +489,57 @@ func TestTriggerStateRereadOnNewHolding(t *testing.T) {
 	}
 	if n := inbox.count(second + 1); n != 1 {
 		t.Errorf("uid %d fetched %d times, want 1", second+1, n)
+	}
+}
+
+// statusCounter counts the checks (STATUS) a poller makes.
+type statusCounter struct {
+	poller.Inbox
+	n atomic.Int64
+}
+
+func (c *statusCounter) Status(ctx context.Context, user userid.ID, acct mail.Account) (poller.MailboxStatus, error) {
+	c.n.Add(1)
+	return c.Inbox.Status(ctx, user, acct)
+}
+
+// TestIdleConnectionServesPolls: a watched user's polls borrow its IDLE
+// connection between two IDLEs instead of opening a pooled one, so IDLE mode
+// costs one connection per user; and mail is still detected by IDLE.
+func TestIdleConnectionServesPolls(t *testing.T) {
+	dove := testsvc.Dovecot(t, map[string]string{"alice": "pw"})
+	f := newFixture(t)
+	srv := server{dove.Host, dove.Port, func(t *testing.T, u string, raw []byte) { dove.Deliver(t, u, raw) }, nil}
+	a, wf := f.user(t, "alice@example.com", srv, "alice", "pw", workflow.FilterRules{})
+	pool, err := mail.NewPool(mail.PoolOptions{PerUser: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	inbox := &statusCounter{Inbox: &poller.IMAPInbox{Pool: pool}}
+	p, err := poller.New(poller.Config{Owner: "r1", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, IDLE: true},
+		f.kv, f.wf, f.settings, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { stop(); <-done }()
+
+	waitFor(t, "baseline", 10*time.Second, f.baselined(a))
+	for i := range 3 {
+		dove.Deliver(t, "alice", message(i, "c@example.com", "over the idle connection"))
+	}
+	waitFor(t, "3 instances", 10*time.Second, func() bool { return len(f.instances(t, a, wf)) == 3 })
+	waitFor(t, "20 polls", 10*time.Second, func() bool { return inbox.n.Load() >= 20 })
+	// The first poll may race the IDLE connection's set-up and dial one
+	// pooled connection; every later one borrows the IDLE connection.
+	if s := pool.Stats(); s.Dials > 1 || s.Reuses > 0 {
+		t.Errorf("the pool dialed %d and reused %d connections for %d polls of a watched user; want at most 1 dial and no reuse", s.Dials, s.Reuses, inbox.n.Load())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(f.instances(t, a, wf)); n != 3 {
+		t.Errorf("%d instances, want 3", n)
 	}
 }
