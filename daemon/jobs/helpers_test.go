@@ -26,6 +26,7 @@ import (
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/users"
 	"github.com/inboxd/inboxd/daemon/vectors"
+	"github.com/inboxd/inboxd/internal/fakeqdrant"
 	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
@@ -38,12 +39,50 @@ type stores struct {
 	kv       kv.Store
 	settings *settings.Store
 	users    *users.Store
-	vectors  *vectors.Embedded
+	vectors  vectors.Store
 	catalog  *embed.Catalog
 	reg      *prometheus.Registry
+	// qdrant is the fake behind a Qdrant backend (nil for the embedded one),
+	// and tenancy that backend's tenancy.
+	qdrant  *fakeqdrant.Server
+	tenancy vectors.Tenancy
 }
 
-func newStores(t testing.TB) *stores {
+// vectorBackend is a vectors.Store the jobs write to.
+type vectorBackend struct {
+	name    string
+	tenancy vectors.Tenancy // "" for the embedded store
+}
+
+// vectorBackends are the backends the initialisation is tested on: the
+// embedded store and Qdrant (the fake) in both tenancy modes.
+var vectorBackends = []vectorBackend{
+	{name: "embedded"},
+	{name: "qdrant-collection", tenancy: vectors.TenancyCollection},
+	{name: "qdrant-payload", tenancy: vectors.TenancyPayload},
+}
+
+// open returns the backend's store over db (the embedded one) or over a
+// fresh fake Qdrant, with that fake.
+func (vb vectorBackend) open(t testing.TB, db *sqldb.DB) (vectors.Store, *fakeqdrant.Server) {
+	t.Helper()
+	if vb.tenancy == "" {
+		return vectors.NewEmbedded(db, vectors.EmbeddedOptions{}), nil
+	}
+	f := fakeqdrant.New(t)
+	b, err := vectors.Open(f.URL()+"?tenancy="+string(vb.tenancy), nil, vectors.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, f
+}
+
+// newStores returns stores with the embedded vector store.
+func newStores(t testing.TB) *stores { return newStoresOn(t, vectorBackends[0]) }
+
+// newStoresOn returns fresh stores with vb's vector store.
+func newStoresOn(t testing.TB, vb vectorBackend) *stores {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -68,9 +107,10 @@ func newStores(t testing.TB) *stores {
 		t.Fatal(err)
 	}
 	store := kv.NewSQL(db)
+	vs, f := vb.open(t, db)
 	return &stores{
 		db: db, kv: store, settings: settings.NewStore(store, box), users: users.NewStore(db),
-		vectors: vectors.NewEmbedded(db, vectors.EmbeddedOptions{}), catalog: cat, reg: prometheus.NewRegistry(),
+		vectors: vs, catalog: cat, reg: prometheus.NewRegistry(), qdrant: f, tenancy: vb.tenancy,
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -13,27 +14,53 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/qdrant/go-client/qdrant"
 
 	"github.com/inboxd/inboxd/daemon/embed"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/vectors"
 	"github.com/inboxd/inboxd/internal/fakellm"
+	"github.com/inboxd/inboxd/internal/fakeqdrant"
 	"github.com/inboxd/inboxd/internal/testsvc"
 )
+
+// probe is a query vector that finds every point of a collection of the
+// offline model (in some order).
+func (s *stores) probe() []float32 {
+	p := make([]float32, s.catalog.Offline().Dimensions)
+	p[0] = 1
+	return p
+}
 
 // point reads one stored thread's payload.
 func (s *stores) point(t testing.TB, user userid.ID, threadID string) map[string]any {
 	t.Helper()
-	probe := make([]float32, s.catalog.Offline().Dimensions)
-	probe[0] = 1
-	hits, err := s.vectors.SearchVector(context.Background(), user, probe, 1, nil, vectors.Filter{Must: map[string]any{"thread_id": threadID}})
+	mark := s.mark()
+	hits, err := s.vectors.SearchVector(context.Background(), user, s.probe(), 1, nil, vectors.Filter{Must: map[string]any{"thread_id": threadID}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.checkScoped(t, user, mark)
 	if len(hits) != 1 {
 		t.Fatalf("thread %s: %d points", threadID, len(hits))
 	}
 	return hits[0].Payload
+}
+
+// stored returns the thread ids of every point in user's collection.
+func (s *stores) stored(t testing.TB, user userid.ID) map[string]bool {
+	t.Helper()
+	mark := s.mark()
+	hits, err := s.vectors.SearchVector(context.Background(), user, s.probe(), vectors.MaxLimit, nil, vectors.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.checkScoped(t, user, mark)
+	out := make(map[string]bool, len(hits))
+	for _, h := range hits {
+		out[h.ID] = true
+	}
+	return out
 }
 
 func search(t testing.TB, s *stores, user userid.ID, query string, limit int) []vectors.Hit {
@@ -42,11 +69,145 @@ func search(t testing.TB, s *stores, user userid.ID, query string, limit int) []
 	if err != nil {
 		t.Fatal(err)
 	}
+	mark := s.mark()
 	hits, err := vectors.Search(context.Background(), s.vectors, e, user, query, limit, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.checkScoped(t, user, mark)
 	return hits
+}
+
+// mark is how many requests the fake Qdrant has recorded so far.
+func (s *stores) mark() int {
+	if s.qdrant == nil {
+		return 0
+	}
+	return len(s.qdrant.Calls(""))
+}
+
+// checkScoped checks, in payload tenancy, that the requests since mark
+// that read points (a search made as user) carried user's tenant filter,
+// and that a query was among them.
+func (s *stores) checkScoped(t testing.TB, user userid.ID, mark int) {
+	t.Helper()
+	if s.tenancy != vectors.TenancyPayload {
+		return
+	}
+	queried := false
+	for _, c := range s.qdrant.Calls("")[mark:] {
+		f, scoped := c.Filter()
+		if !scoped {
+			continue
+		}
+		queried = queried || c.Name() == "Query"
+		if got := fakeqdrant.MustKeyword(f, "tenant_id"); got != user.String() {
+			t.Errorf("%s as %s carried the tenant filter %q: %v", c.Method, user, got, f)
+		}
+	}
+	if !queried {
+		t.Errorf("no query on the wire for a search as %s (the check proves nothing)", user)
+	}
+}
+
+// checkTenantWire checks the requests of payload-tenancy initialisations:
+// every read, count or delete carried the tenant filter of one of the
+// users, and every upserted point the tenant of the user whose thread it is
+// (owner) or, in the tenant registry, whose point it is.
+func checkTenantWire(t *testing.T, calls []fakeqdrant.Call, owner map[string]userid.ID, users ...userid.ID) {
+	t.Helper()
+	tenants := map[string]bool{}
+	for _, u := range users {
+		tenants[u.String()] = true
+	}
+	points := 0
+	for _, c := range calls {
+		if f, scoped := c.Filter(); scoped && !tenants[fakeqdrant.MustKeyword(f, "tenant_id")] {
+			t.Errorf("%s without a user's tenant filter: %v", c.Method, f)
+		}
+		up, ok := c.Req.(*qdrant.UpsertPoints)
+		if !ok {
+			continue
+		}
+		for _, p := range up.GetPoints() {
+			tenant, thread := p.GetPayload()["tenant_id"].GetStringValue(), p.GetPayload()["thread_id"].GetStringValue()
+			want := p.GetId().GetUuid() // a registry point is the user's id
+			if thread != "" {
+				want = owner[thread].String()
+				points++
+			}
+			if tenant != want || !tenants[tenant] {
+				t.Errorf("upsert to %s of point %s (thread %q) with tenant_id %q, want %q", up.GetCollectionName(), p.GetId().GetUuid(), thread, tenant, want)
+			}
+		}
+	}
+	if points != len(owner) {
+		t.Errorf("%d thread points upserted, want %d", points, len(owner))
+	}
+}
+
+// checkQdrantHolds checks what the fake Qdrant holds against want (each
+// user's thread ids): in collection tenancy exactly one collection per
+// user, holding exactly that user's threads; in payload tenancy the
+// model's collection (and the tenant registry), whose points of each
+// tenant are exactly that tenant's threads.
+func checkQdrantHolds(t *testing.T, s *stores, model string, want map[userid.ID]map[string]bool) {
+	t.Helper()
+	threadsOf := func(pts []fakeqdrant.Point, tenant string) map[string]bool {
+		out := map[string]bool{}
+		for _, p := range pts {
+			if tenant == "" || p.Payload["tenant_id"].GetStringValue() == tenant {
+				out[p.Payload["thread_id"].GetStringValue()] = true
+			}
+		}
+		return out
+	}
+	var names []string
+	switch s.tenancy {
+	case vectors.TenancyCollection:
+		for u, threads := range want {
+			names = append(names, vectors.UserCollection(u))
+			c, _ := s.qdrant.Collection(vectors.UserCollection(u))
+			if got := threadsOf(c.Points, ""); len(c.Points) != len(threads) || !maps.Equal(got, threads) {
+				t.Errorf("collection %s holds %d points of threads %v, want exactly %s's %d", c.Name, len(c.Points), setDiff(got, threads), u, len(threads))
+			}
+		}
+	case vectors.TenancyPayload:
+		names = []string{vectors.ModelCollection(model), "inboxd_tenants"}
+		c, _ := s.qdrant.Collection(vectors.ModelCollection(model))
+		total := 0
+		for u, threads := range want {
+			total += len(threads)
+			if got := threadsOf(c.Points, u.String()); !maps.Equal(got, threads) {
+				t.Errorf("tenant %s's points in %s: threads %v, want exactly the user's %d", u, c.Name, setDiff(got, threads), len(threads))
+			}
+		}
+		if len(c.Points) != total {
+			t.Errorf("%s holds %d points, want %d", c.Name, len(c.Points), total)
+		}
+	}
+	slices.Sort(names)
+	if got := s.qdrant.CollectionNames(); !slices.Equal(got, names) {
+		t.Errorf("collections %v, want %v", got, names)
+	}
+}
+
+// setDiff lists the keys of got that want lacks, and those of want that
+// got lacks (prefixed "-"), for error messages.
+func setDiff(got, want map[string]bool) []string {
+	var out []string
+	for k := range got {
+		if !want[k] {
+			out = append(out, k)
+		}
+	}
+	for k := range want {
+		if !got[k] {
+			out = append(out, "-"+k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func types(p map[string]any) []string {
@@ -57,15 +218,25 @@ func types(p map[string]any) []string {
 	return out
 }
 
-// TestInitializeTwoUsers: A and B initialise from Dovecot; each collection
-// holds exactly its owner's threads of the window, searches never cross,
-// payloads are complete, and a thread longer than the model's input limit
-// is chunked and found.
+// TestInitializeTwoUsers: A and B initialise some hundred threads each
+// from Dovecot, on every vector backend (embedded, Qdrant in collection and
+// in payload tenancy); each collection holds exactly its owner's threads
+// of the window, searches never cross (in payload tenancy every search on
+// the wire carries the caller's tenant filter, and every point written
+// its owner's tenant), payloads are complete, and a thread longer than the
+// model's input limit is chunked and found.
 func TestInitializeTwoUsers(t *testing.T) {
 	dc := testsvc.Dovecot(t, map[string]string{"alice": "alice-pw", "bob": "bob-pw"})
-	ca := seed(t, dc, "alice", "a", "alice@a.example", 60, 15)
-	cb := seed(t, dc, "bob", "b", "bob@b.example", 45, 0)
-	s := newStores(t)
+	// The jobs only read the mailboxes: every backend initialises the same.
+	ca := seed(t, dc, "alice", "a", "alice@a.example", 130, 30)
+	cb := seed(t, dc, "bob", "b", "bob@b.example", 110, 0)
+	for _, vb := range vectorBackends {
+		t.Run(vb.name, func(t *testing.T) { testInitializeTwoUsers(t, vb, dc, ca, cb) })
+	}
+}
+
+func testInitializeTwoUsers(t *testing.T, vb vectorBackend, dc *testsvc.DovecotServer, ca, cb corpus) {
+	s := newStoresOn(t, vb)
 	a := s.newUser(t, "alice@a.example", dc, "alice", nil)
 	b := s.newUser(t, "bob@b.example", dc, "bob", nil)
 
@@ -101,6 +272,18 @@ func TestInitializeTwoUsers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if s.tenancy == vectors.TenancyPayload {
+		owner := map[string]userid.ID{}
+		for _, tc := range []struct {
+			user userid.ID
+			c    corpus
+		}{{a, ca}, {b, cb}} {
+			for id := range tc.c.threads {
+				owner[id] = tc.user
+			}
+		}
+		checkTenantWire(t, s.qdrant.Calls(""), owner, a, b)
+	}
 	mu.Lock()
 	if len(seen) == 0 || slices.Contains(seen, "bad") {
 		t.Errorf("statuses during the run: %v", seen)
@@ -126,6 +309,14 @@ func TestInitializeTwoUsers(t *testing.T) {
 		if got.EmbeddingModel != "offline-hash-384" {
 			t.Errorf("embedding model saved: %q", got.EmbeddingModel)
 		}
+		// The collection holds exactly the user's threads: none of the
+		// other user's.
+		if got := s.stored(t, tc.user); !maps.Equal(got, tc.c.threads) {
+			t.Errorf("%s's collection: threads not the user's, and missing: %v", tc.user, setDiff(got, tc.c.threads))
+		}
+	}
+	if s.qdrant != nil {
+		checkQdrantHolds(t, s, "offline-hash-384", map[userid.ID]map[string]bool{a: ca.threads, b: cb.threads})
 	}
 
 	// Isolation: A searching B's vocabulary finds only A's threads, and
@@ -167,7 +358,7 @@ func TestInitializeTwoUsers(t *testing.T) {
 	if body := msgs[1].(map[string]any)["body_cleaned"].(string); strings.Contains(body, "wrote:") || !strings.Contains(body, "thanks for your message") {
 		t.Errorf("reply body_cleaned %q", body)
 	}
-	if p := s.point(t, a, "a-root-50@a.example"); p["language"] != "nl" || p["contains_user_reply"] != true {
+	if p := s.point(t, a, "a-root-110@a.example"); p["language"] != "nl" || p["contains_user_reply"] != true {
 		t.Errorf("Dutch thread: language %v, reply %v", p["language"], p["contains_user_reply"])
 	}
 	if p := s.point(t, a, "a-root-3@a.example"); p["contains_user_reply"] != false || p["message_count"] != int64(1) {

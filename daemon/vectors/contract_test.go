@@ -14,6 +14,7 @@ import (
 	"github.com/inboxd/inboxd/daemon/embed"
 	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/internal/fakeqdrant"
 	"github.com/inboxd/inboxd/internal/testsvc"
 )
 
@@ -57,14 +58,14 @@ func embeddedBackend(tb testing.TB, url string) backend {
 	return backend{store: NewEmbedded(db, EmbeddedOptions{}), addUser: func(u userid.ID) { addUser(tb, db, u) }}
 }
 
-func qdrantBackend(tb testing.TB, tenancy Tenancy) (backend, *fakeQdrant) {
-	f := newFakeQdrant(tb)
-	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.port(), APIKey: "test-api-key", Tenancy: tenancy})
+func qdrantBackend(tb testing.TB, tenancy Tenancy) backend {
+	f := fakeqdrant.New(tb)
+	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.Port(), APIKey: "test-api-key", Tenancy: tenancy})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { q.Close() })
-	return backend{store: q, addUser: func(userid.ID) {}}, f
+	return backend{store: q, addUser: func(userid.ID) {}}
 }
 
 // backends is every Store implementation; each call returns a fresh, empty store.
@@ -74,8 +75,8 @@ var backends = []struct {
 }{
 	{"embedded-sqlite", func(tb testing.TB) backend { return embeddedBackend(tb, sqliteURL(tb)) }},
 	{"embedded-postgres", func(tb testing.TB) backend { return embeddedBackend(tb, testsvc.Postgres(tb)) }},
-	{"qdrant-collection", func(tb testing.TB) backend { b, _ := qdrantBackend(tb, TenancyCollection); return b }},
-	{"qdrant-payload", func(tb testing.TB) backend { b, _ := qdrantBackend(tb, TenancyPayload); return b }},
+	{"qdrant-collection", func(tb testing.TB) backend { return qdrantBackend(tb, TenancyCollection) }},
+	{"qdrant-payload", func(tb testing.TB) backend { return qdrantBackend(tb, TenancyPayload) }},
 }
 
 func TestContract(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/inboxd/inboxd/daemon/userid"
+	"github.com/inboxd/inboxd/internal/fakeqdrant"
 )
 
 func TestPointID(t *testing.T) {
@@ -94,8 +95,8 @@ func TestOpen(t *testing.T) {
 		}
 		b.Close()
 	}
-	f := newFakeQdrant(t)
-	b, err := Open(fmt.Sprintf("qdrant://127.0.0.1:%d?tenancy=payload&api_key=k", f.port()), nil, Options{})
+	f := fakeqdrant.New(t)
+	b, err := Open(fmt.Sprintf("qdrant://127.0.0.1:%d?tenancy=payload&api_key=k", f.Port()), nil, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,41 +117,17 @@ func TestOpen(t *testing.T) {
 	}
 }
 
-// tenantOf returns the tenant a filter is scoped to: the value of its first
-// must condition when that is tenant_id = keyword, else "".
-func tenantOf(f *qdrant.Filter) string {
-	if f == nil || len(f.GetMust()) == 0 {
-		return ""
-	}
-	fc := f.GetMust()[0].GetField()
-	if fc.GetKey() != "tenant_id" {
-		return ""
-	}
-	return fc.GetMatch().GetKeyword()
-}
-
-// requestFilter returns the filter of a recorded Points request that reads,
-// counts or deletes, and whether the request is of that kind.
-func requestFilter(c fakeCall) (*qdrant.Filter, bool) {
-	switch r := c.Req.(type) {
-	case *qdrant.ScrollPoints:
-		return r.GetFilter(), true
-	case *qdrant.CountPoints:
-		return r.GetFilter(), true
-	case *qdrant.QueryPoints:
-		return r.GetFilter(), true
-	case *qdrant.DeletePoints:
-		return r.GetPoints().GetFilter(), true
-	case *qdrant.SearchPoints, *qdrant.GetPoints, *qdrant.FacetCounts, *qdrant.SearchBatchPoints, *qdrant.QueryBatchPoints:
-		return nil, true // not used by the backend; would have to carry the tenant too
-	}
-	return nil, false
+// tenantOf returns the tenant a recorded request is scoped to ("" when
+// none), and whether it is a request that reads, counts or deletes points.
+func tenantOf(c fakeqdrant.Call) (string, bool) {
+	f, scoped := c.Filter()
+	return fakeqdrant.MustKeyword(f, "tenant_id"), scoped
 }
 
 func TestQdrantCollectionTenancyWire(t *testing.T) {
 	ctx := context.Background()
-	f := newFakeQdrant(t)
-	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.port(), APIKey: "secret-key-1", Tenancy: TenancyCollection})
+	f := fakeqdrant.New(t)
+	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.Port(), APIKey: "secret-key-1", Tenancy: TenancyCollection})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,10 +144,10 @@ func TestQdrantCollectionTenancyWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if names := f.collectionNames(); !slices.Equal(names, []string{coll}) {
+	if names := f.CollectionNames(); !slices.Equal(names, []string{coll}) {
 		t.Errorf("collections = %v, want only %s", names, coll)
 	}
-	creates := f.recorded("Collections/Create")
+	creates := f.Calls("Collections/Create")
 	if len(creates) != 1 {
 		t.Fatalf("%d creates", len(creates))
 	}
@@ -181,7 +158,7 @@ func TestQdrantCollectionTenancyWire(t *testing.T) {
 	if cr.GetMetadata()["inboxd_model"].GetStringValue() != "offline-hash-384" || cr.GetMetadata()["inboxd_user"].GetStringValue() != user.String() {
 		t.Errorf("create metadata = %v", cr.GetMetadata())
 	}
-	ups := f.recorded("Points/Upsert")
+	ups := f.Calls("Points/Upsert")
 	if len(ups) != 1 {
 		t.Fatalf("%d upserts", len(ups))
 	}
@@ -200,12 +177,12 @@ func TestQdrantCollectionTenancyWire(t *testing.T) {
 		t.Errorf("upsert to %s wait=%v ids %v", up.GetCollectionName(), up.GetWait(), gotIDs)
 	}
 
-	f.reset()
+	f.Reset()
 	hits, err := q.SearchVector(ctx, user, vec(4, 0, 1, 0), 5, []string{"<CAF=x@mail.gmail.com>"}, Filter{Must: map[string]any{"language": "en"}})
 	if err != nil || len(hits) != 1 || hits[0].ID != "thread-1" {
 		t.Fatalf("SearchVector = %v, %v", hits, err)
 	}
-	qr := f.recorded("Points/Query")[0].Req.(*qdrant.QueryPoints)
+	qr := f.Calls("Points/Query")[0].Req.(*qdrant.QueryPoints)
 	if qr.GetCollectionName() != coll || qr.GetLimit() != 5 || !qr.GetWithPayload().GetEnable() {
 		t.Errorf("query = %v", qr)
 	}
@@ -217,24 +194,22 @@ func TestQdrantCollectionTenancyWire(t *testing.T) {
 	}
 
 	// Recreate drops the collection and creates it with the new size.
-	f.reset()
+	f.Reset()
 	if err := q.Recreate(ctx, user, "text-embedding-3-small", 6); err != nil {
 		t.Fatal(err)
 	}
 	var methods []string
-	for _, c := range f.recorded("") {
-		methods = append(methods, c.Method[strings.LastIndex(c.Method, "/")+1:])
+	for _, c := range f.Calls("") {
+		methods = append(methods, c.Name())
 	}
 	if i, j := slices.Index(methods, "Delete"), slices.Index(methods, "Create"); i < 0 || j < i {
 		t.Errorf("recreate calls %v: want Delete then Create", methods)
 	}
-	if cr := f.recorded("Collections/Create")[0].Req.(*qdrant.CreateCollection); cr.GetVectorsConfig().GetParams().GetSize() != 6 || cr.GetCollectionName() != coll {
+	if cr := f.Calls("Collections/Create")[0].Req.(*qdrant.CreateCollection); cr.GetVectorsConfig().GetParams().GetSize() != 6 || cr.GetCollectionName() != coll {
 		t.Errorf("recreate = %v", cr)
 	}
 	// Every request carried the API key.
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, c := range f.calls {
+	for _, c := range f.Calls("") {
 		if !slices.Equal(c.APIKey, []string{"secret-key-1"}) {
 			t.Errorf("%s sent api-key %v", c.Method, c.APIKey)
 		}
@@ -243,8 +218,8 @@ func TestQdrantCollectionTenancyWire(t *testing.T) {
 
 func TestQdrantPayloadTenancyWire(t *testing.T) {
 	ctx := context.Background()
-	f := newFakeQdrant(t)
-	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.port(), APIKey: "secret-key-2", Tenancy: TenancyPayload})
+	f := fakeqdrant.New(t)
+	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.Port(), APIKey: "secret-key-2", Tenancy: TenancyPayload})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,15 +259,14 @@ func TestQdrantPayloadTenancyWire(t *testing.T) {
 	checkScoped := func(user userid.ID, wantKinds ...string) {
 		t.Helper()
 		kinds := map[string]bool{}
-		for _, c := range f.recorded("") {
+		for _, c := range f.Calls("") {
 			if !slices.Equal(c.APIKey, []string{"secret-key-2"}) {
 				t.Errorf("%s sent api-key %v", c.Method, c.APIKey)
 			}
-			method := c.Method[strings.LastIndex(c.Method, "/")+1:]
-			if filter, scoped := requestFilter(c); scoped {
-				kinds[method] = true
-				if got := tenantOf(filter); got != user.String() {
-					t.Errorf("%s without the tenant filter of %s: %v", c.Method, user, filter)
+			if got, scoped := tenantOf(c); scoped {
+				kinds[c.Name()] = true
+				if got != user.String() {
+					t.Errorf("%s without the tenant filter of %s: %v", c.Method, user, c.Req)
 				}
 			}
 			if up, ok := c.Req.(*qdrant.UpsertPoints); ok {
@@ -316,39 +290,38 @@ func TestQdrantPayloadTenancyWire(t *testing.T) {
 		}
 	}
 
-	f.reset()
+	f.Reset()
 	workload(alice, 300) // more than one scroll page
 	checkScoped(alice, "Scroll", "Count", "Query")
-	if scrolls := f.recorded("Points/Scroll"); len(scrolls) < 3 {
+	if scrolls := f.Calls("Points/Scroll"); len(scrolls) < 3 {
 		t.Errorf("%d scrolls: the distribution of 300 points should page", len(scrolls))
 	}
-	f.reset()
+	f.Reset()
 	workload(bob, 5)
 	checkScoped(bob, "Scroll", "Count", "Query")
 
-	if names := f.collectionNames(); !slices.Equal(names, []string{"inboxd-" + testModel, registryCollection}) {
+	if names := f.CollectionNames(); !slices.Equal(names, []string{"inboxd-" + testModel, registryCollection}) {
 		t.Errorf("collections = %v", names)
 	}
-	f.mu.Lock()
-	for name, c := range f.collections {
-		idx := c.indexes["tenant_id"]
+	for _, name := range f.CollectionNames() {
+		c, _ := f.Collection(name)
+		idx := c.Indexes["tenant_id"]
 		if idx == nil || idx.GetFieldType() != qdrant.FieldType_FieldTypeKeyword || !idx.GetFieldIndexParams().GetKeywordIndexParams().GetIsTenant() {
 			t.Errorf("%s: tenant_id index = %v, want keyword is_tenant", name, idx)
 		}
-		if h := c.create.GetHnswConfig(); h.GetM() != 0 || h.GetPayloadM() != 16 {
+		if h := c.Create.GetHnswConfig(); h.GetM() != 0 || h.GetPayloadM() != 16 {
 			t.Errorf("%s: hnsw = %v, want m 0, payload_m 16", name, h)
 		}
 	}
-	f.mu.Unlock()
 
 	// Recreate for another model deletes Alice's points by the tenant filter
 	// only, and moves her to the new model's collection.
-	f.reset()
+	f.Reset()
 	if err := q.Recreate(ctx, alice, "model-b", 4); err != nil {
 		t.Fatal(err)
 	}
 	checkScoped(alice, "Delete")
-	dels := f.recorded("Points/Delete")
+	dels := f.Calls("Points/Delete")
 	var from []string
 	for _, d := range dels {
 		from = append(from, d.Req.(*qdrant.DeletePoints).GetCollectionName())
@@ -365,14 +338,15 @@ func TestQdrantPayloadTenancyWire(t *testing.T) {
 	if n, _ := q.Count(ctx, alice); n != 0 {
 		t.Errorf("Alice's points after recreate: %d", n)
 	}
-	f.mu.Lock()
-	old := f.collections["inboxd-"+testModel]
-	for _, p := range old.points {
-		if p.payload["tenant_id"].GetStringValue() == alice.String() {
+	old, ok := f.Collection("inboxd-" + testModel)
+	if !ok {
+		t.Fatal("the old model's collection is gone")
+	}
+	for _, p := range old.Points {
+		if p.Payload["tenant_id"].GetStringValue() == alice.String() {
 			t.Error("one of Alice's points survived in the old collection")
 		}
 	}
-	f.mu.Unlock()
 }
 
 // selfSigned returns a certificate for 127.0.0.1 and a pool trusting it.
@@ -406,11 +380,11 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 
 func TestQdrantTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
-	f := newFakeQdrant(t, grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
+	f := fakeqdrant.New(t, grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.port(), APIKey: "tls-key", UseTLS: true,
+	q, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.Port(), APIKey: "tls-key", UseTLS: true,
 		TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}})
 	if err != nil {
 		t.Fatal(err)
@@ -420,12 +394,12 @@ func TestQdrantTLS(t *testing.T) {
 	if err := q.Upsert(ctx, u, testModel, 4, []Point{{ID: "t", Vector: vec(4, 0, 1, 0)}}); err != nil {
 		t.Fatalf("over TLS: %v", err)
 	}
-	if calls := f.recorded(""); len(calls) == 0 || !slices.Equal(calls[0].APIKey, []string{"tls-key"}) {
+	if calls := f.Calls(""); len(calls) == 0 || !slices.Equal(calls[0].APIKey, []string{"tls-key"}) {
 		t.Errorf("calls over TLS: %v", calls)
 	}
 
 	// A client that does not trust the certificate gets nowhere.
-	untrusting, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.port(), UseTLS: true,
+	untrusting, err := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.Port(), UseTLS: true,
 		TLSConfig: &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}})
 	if err != nil {
 		t.Fatal(err)
@@ -435,7 +409,7 @@ func TestQdrantTLS(t *testing.T) {
 		t.Error("an untrusted certificate was accepted")
 	}
 	// Plaintext against a TLS server fails too.
-	plain, _ := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.port()})
+	plain, _ := NewQdrant(QdrantConfig{Host: "127.0.0.1", Port: f.Port()})
 	defer plain.Close()
 	if _, err := plain.Count(ctx, u); err == nil {
 		t.Error("plaintext against TLS succeeded")
