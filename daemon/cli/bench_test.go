@@ -111,12 +111,11 @@ func TestBenchPoll(t *testing.T) {
 			if rep.Memory.RSSBeforeKiB <= 0 || rep.Memory.RSSAfterKiB <= 0 || rep.Memory.GoroutinesPerTenant <= 0 {
 				t.Errorf("memory %+v", rep.Memory)
 			}
-			wantSockets := 1.0 // a pooled connection per tenant
-			if tc.name == "idle" {
-				wantSockets = 2 // and an IDLE connection
-			}
-			if rep.Memory.SocketsPerTenant < wantSockets {
-				t.Errorf("%.2f sockets per tenant, want at least %v", rep.Memory.SocketsPerTenant, wantSockets)
+			// One connection per tenant: a pooled one, or in IDLE mode the
+			// IDLE connection, which its polls borrow (a tenant's first poll
+			// may race the IDLE set-up and dial one pooled connection).
+			if s := rep.Memory.SocketsPerTenant; s < 1 || (tc.name == "idle" && s >= 1.5) {
+				t.Errorf("%.2f sockets per tenant, want 1", s)
 			}
 
 			var text bytes.Buffer
