@@ -39,7 +39,7 @@ const (
 const (
 	ResultOK           = "ok"
 	ResultClientError  = "client_error"  // 4xx other than 429 (bad key, unknown model, bad request)
-	ResultRateLimited  = "rate_limited"  // 429
+	ResultRateLimited  = "rate_limited"  // 429 (a spent quota too, which is not retried)
 	ResultServerError  = "server_error"  // 5xx
 	ResultTimeout      = "timeout"       // the attempt's timeout or the caller's deadline
 	ResultCanceled     = "canceled"      // the caller's context was canceled
@@ -60,9 +60,9 @@ type Options struct {
 	// Timeout bounds each attempt (default 60s). The caller's context bounds
 	// the whole call, retries and waits included.
 	Timeout time.Duration
-	// MaxRetries is how many times a failed attempt is retried (429, 5xx,
-	// network errors, attempt timeouts): 0 means DefaultMaxRetries, a
-	// negative value means never.
+	// MaxRetries is how many times a failed attempt is retried (408, 409,
+	// 429, 5xx, answers that are not a completion, network errors, attempt
+	// timeouts): 0 means DefaultMaxRetries, a negative value means never.
 	MaxRetries int
 	// MinBackoff and MaxBackoff bound the exponential backoff (with jitter)
 	// used when the provider sends no Retry-After (defaults 500ms, 30s).
@@ -87,10 +87,16 @@ type Options struct {
 // with retries off): the SDK honours Retry-After, but it does not retry an
 // attempt that hit its per-attempt timeout, its backoff base cannot be
 // configured, and it sleeps towards a deadline it cannot meet. This loop
-// retries 429, 5xx, network errors and attempt timeouts, honours
+// retries what the official SDKs retry (408, 409, 429 and 5xx answers,
+// network errors, attempt timeouts) and also a 200 that is not a usable
+// completion (not JSON, cut short, another shape, no choices: a proxy or
+// an overloaded upstream, as OpenRouter answers at times); it does not
+// retry other 4xx answers nor a 429 that says the quota is spent
+// (insufficient_quota: asking again cannot help). It honours
 // Retry-After(-Ms) as seconds or an HTTP date, gives up at once when the
 // next attempt would start after the context's deadline, and counts every
-// attempt in the metrics.
+// attempt in the metrics. A failed call costs no tokens: only a completion
+// carries usage.
 type OpenAI struct {
 	http          *http.Client
 	timeout       time.Duration
@@ -336,7 +342,7 @@ func (c *OpenAI) attempt(ctx context.Context, svc *openai.ChatCompletionService,
 			out.err = err
 			return Response{}, out
 		}
-		return Response{}, outcome{result: ResultBadResponse, err: err, retryAfter: -1}
+		return Response{}, outcome{result: ResultBadResponse, retry: true, err: err, retryAfter: -1}
 	}
 	switch {
 	case ctx.Err() != nil: // the caller gave up during the attempt
@@ -356,7 +362,7 @@ func (c *OpenAI) attempt(ctx context.Context, svc *openai.ChatCompletionService,
 		}
 		return Response{}, outcome{result: ResultNetworkError, retry: true, retryAfter: -1, err: networkError(err)}
 	default:
-		return Response{}, outcome{result: ResultBadResponse, retryAfter: -1,
+		return Response{}, outcome{result: ResultBadResponse, retry: true, retryAfter: -1,
 			err: fmt.Errorf("invalid response (HTTP %d): %w", httpRes.StatusCode, err)}
 	}
 }
@@ -368,9 +374,17 @@ func classifyStatus(status int) outcome {
 		return outcome{result: ResultRateLimited, retry: true, retryAfter: -1}
 	case status >= 500:
 		return outcome{result: ResultServerError, retry: true, retryAfter: -1}
+	case status == http.StatusRequestTimeout, status == http.StatusConflict:
+		return outcome{result: ResultClientError, retry: true, retryAfter: -1}
 	default:
 		return outcome{result: ResultClientError, retryAfter: -1}
 	}
+}
+
+// quotaSpent reports whether a 429 says the account's quota or credit is
+// spent (OpenAI's insufficient_quota), rather than a rate limit.
+func quotaSpent(ae *APIError) bool {
+	return ae.StatusCode == http.StatusTooManyRequests && (ae.Code == "insufficient_quota" || ae.Type == "insufficient_quota")
 }
 
 func statusOutcome(res *http.Response, k *call) outcome {
@@ -382,6 +396,7 @@ func statusOutcome(res *http.Response, k *call) outcome {
 	ae := errorFromBody(res.StatusCode, body)
 	ae.Message = k.redact(ae.Message)
 	out.err = ae
+	out.retry = out.retry && !quotaSpent(ae)
 	if out.retry {
 		if d, ok := parseRetryAfter(res.Header, time.Now()); ok {
 			out.retryAfter = d
@@ -644,6 +659,9 @@ func convertCompletion(cc *openai.ChatCompletion, k *call) (Response, error) {
 		return Response{}, errors.New("invalid response: no choices")
 	}
 	ch := cc.Choices[0]
+	if !ch.JSON.Message.Valid() {
+		return Response{}, errors.New("invalid response: the choice has no message object")
+	}
 	msg := Message{Role: RoleAssistant, Content: ch.Message.Content}
 	for i, tc := range ch.Message.ToolCalls {
 		if tc.Type != "" && tc.Type != "function" {
@@ -655,12 +673,14 @@ func convertCompletion(cc *openai.ChatCompletion, k *call) (Response, error) {
 		}
 		msg.ToolCalls = append(msg.ToolCalls, ToolCall{ID: id, Name: tc.Function.Name, Arguments: toolArguments(tc.Function.Arguments)})
 	}
+	// Negative counts (a broken server) are dropped: they would lower the
+	// user's totals, and a Prometheus counter panics on them.
 	u := Usage{
-		PromptTokens:     int(cc.Usage.PromptTokens),
-		CompletionTokens: int(cc.Usage.CompletionTokens),
-		TotalTokens:      int(cc.Usage.TotalTokens),
+		PromptTokens:     int(max(cc.Usage.PromptTokens, 0)),
+		CompletionTokens: int(max(cc.Usage.CompletionTokens, 0)),
+		TotalTokens:      int(max(cc.Usage.TotalTokens, 0)),
 	}
-	if u.TotalTokens == 0 {
+	if u.TotalTokens < u.PromptTokens+u.CompletionTokens {
 		u.TotalTokens = u.PromptTokens + u.CompletionTokens
 	}
 	if f, err := extra.Usage.Cost.Float64(); err == nil && f > 0 {

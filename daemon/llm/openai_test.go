@@ -382,29 +382,6 @@ func TestChatClientErrorIsNotRetried(t *testing.T) {
 	wantRequests(t, reg, map[string]float64{ResultClientError: 1})
 }
 
-func TestChatGarbageBody(t *testing.T) {
-	srv := fakellm.New(t)
-	c, reg := newTestClient(t, Options{})
-	for _, tc := range []struct {
-		reply fakellm.Reply
-		want  string
-	}{
-		{fakellm.Garbage(""), "invalid response (HTTP 200)"},
-		{fakellm.Raw(200, "text/html", "<html>login</html>"), "invalid response (HTTP 200)"},
-		{fakellm.Raw(200, "application/json", `{"id":"x","choices":[]}`), "invalid response: no choices"},
-	} {
-		srv.Enqueue(tc.reply)
-		_, err := c.Chat(context.Background(), userRequest(srv, "hi"))
-		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "llm: ") {
-			t.Errorf("%q: error = %v, want it to contain %q", tc.reply.Body, err, tc.want)
-		}
-	}
-	if n := len(srv.Requests()); n != 3 {
-		t.Errorf("%d requests, want 3 (bad responses are not retried)", n)
-	}
-	wantRequests(t, reg, map[string]float64{ResultBadResponse: 3})
-}
-
 func TestChatErrorInsideA200IsRetriedByItsCode(t *testing.T) {
 	srv := fakellm.New(t)
 	srv.Enqueue(

@@ -53,6 +53,11 @@ const (
 	DefaultHealthInterval = 15 * time.Second
 	DefaultMinBackoff     = 500 * time.Millisecond
 	DefaultMaxBackoff     = 60 * time.Second
+
+	DefaultCircuitThreshold   = 5
+	DefaultCircuitWindow      = 10 * time.Minute
+	DefaultCircuitCooldown    = time.Minute
+	DefaultCircuitMaxCooldown = 15 * time.Minute
 )
 
 // SettingsSource reads a user's settings (settings.Store).
@@ -100,7 +105,16 @@ type Config struct {
 	// plugin; it doubles per crash and resets after a minute of health
 	// (defaults 500 ms and 60 s).
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// CircuitThreshold crashes in a row (no call answered between them)
+	// within CircuitWindow open a plugin's circuit: its calls fail fast
+	// with ErrCircuitOpen and it is not restarted for CircuitCooldown. Then
+	// it is started again and the next call is a probe: an answer closes
+	// the circuit, a crash opens it again for twice as long, up to
+	// CircuitMaxCooldown. Defaults 5, 10 min, 1 min, 15 min; a negative
+	// threshold turns the breaker off.
+	CircuitThreshold                                   int
+	CircuitWindow, CircuitCooldown, CircuitMaxCooldown time.Duration
+	Logger                                             *slog.Logger
 	// Registerer takes the plugin metrics; nil means not registered.
 	Registerer prometheus.Registerer
 	Services   HostServices
@@ -128,23 +142,23 @@ var _ tools.Caller = (*Host)(nil)
 
 // New validates cfg and returns a Host; Start launches the plugins.
 func New(cfg Config) (*Host, error) {
-	if cfg.CallTimeout <= 0 {
-		cfg.CallTimeout = DefaultCallTimeout
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{
+		{&cfg.CallTimeout, DefaultCallTimeout}, {&cfg.StartTimeout, DefaultStartTimeout},
+		{&cfg.HealthInterval, DefaultHealthInterval}, {&cfg.MinBackoff, DefaultMinBackoff},
+		{&cfg.MaxBackoff, DefaultMaxBackoff}, {&cfg.CircuitWindow, DefaultCircuitWindow},
+		{&cfg.CircuitCooldown, DefaultCircuitCooldown}, {&cfg.CircuitMaxCooldown, DefaultCircuitMaxCooldown},
+	} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
 	}
-	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = DefaultStartTimeout
-	}
-	if cfg.HealthInterval <= 0 {
-		cfg.HealthInterval = DefaultHealthInterval
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = DefaultMinBackoff
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = DefaultMaxBackoff
-	}
-	if cfg.MaxBackoff < cfg.MinBackoff {
-		cfg.MaxBackoff = cfg.MinBackoff
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	cfg.CircuitMaxCooldown = max(cfg.CircuitMaxCooldown, cfg.CircuitCooldown)
+	if cfg.CircuitThreshold == 0 {
+		cfg.CircuitThreshold = DefaultCircuitThreshold
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -366,6 +380,9 @@ const (
 	StateRestarting State = "restarting" // crashed, waiting to restart
 	StateFailed     State = "failed"     // has never started; retrying
 	StateStopped    State = "stopped"
+	// StateCircuitOpen: crashed too often in a row; not restarted until
+	// the circuit's cool-down ends (Info.CircuitOpenUntil).
+	StateCircuitOpen State = "circuit_open"
 )
 
 // Info describes a plugin for the CLI and the API.
@@ -380,6 +397,10 @@ type Info struct {
 	Restarts int `json:"restarts"`
 	// Error is the last start or crash error, if any.
 	Error string `json:"error,omitempty"`
+	// Circuit is the crash breaker's state: closed, open (calls fail
+	// fast until CircuitOpenUntil) or half_open (the next call is a probe).
+	Circuit          string    `json:"circuit"`
+	CircuitOpenUntil time.Time `json:"circuit_open_until,omitzero"`
 }
 
 // Plugins describes every plugin, by name.
@@ -413,15 +434,25 @@ func (h *Host) Tools(_ context.Context, user userid.ID) ([]tools.Spec, error) {
 }
 
 // ErrUnavailable is wrapped by the errors of calls to a plugin that is not
-// running (starting, restarting after a crash, stopped) or that went away
-// during the call.
+// running (starting, restarting after a crash, stopped, its circuit open)
+// or that went away during the call.
 var ErrUnavailable = errors.New("pluginhost: plugin unavailable")
 
-// unavailableError is a call refused because the plugin is not running.
-type unavailableError struct{ msg string }
+// ErrCircuitOpen is wrapped (with ErrUnavailable) by the errors of calls
+// refused because the plugin's circuit is open, or half-open with its
+// probe call in flight.
+var ErrCircuitOpen = errors.New("pluginhost: plugin circuit open")
 
-func (e *unavailableError) Error() string        { return e.msg }
-func (e *unavailableError) Is(target error) bool { return target == ErrUnavailable }
+// unavailableError is a call refused because the plugin is not running.
+type unavailableError struct {
+	msg     string
+	circuit bool // refused by the circuit breaker
+}
+
+func (e *unavailableError) Error() string { return e.msg }
+func (e *unavailableError) Is(target error) bool {
+	return target == ErrUnavailable || (e.circuit && target == ErrCircuitOpen)
+}
 
 // Call runs one tool as call.User: it mints the call's capability token,
 // sends the user context, bounds the call by CallTimeout, and records
@@ -462,6 +493,12 @@ func (h *Host) Call(ctx context.Context, call tools.Call) (tools.Result, error) 
 		return tools.Result{}, fmt.Errorf("pluginhost: %s: the arguments are not a JSON object", call.Tool)
 	}
 
+	probe, err := m.admit()
+	if err != nil {
+		h.metrics.calls.WithLabelValues(pname, tname, resultUnavailable).Inc()
+		return tools.Result{}, err
+	}
+
 	start := time.Now()
 	deadline := start.Add(h.cfg.CallTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -480,6 +517,9 @@ func (h *Host) Call(ctx context.Context, call tools.Call) (tools.Result, error) 
 	})
 	resp, err := p.rpc.CallTool(ctx, &pluginpb.CallToolRequest{Tool: tname, Arguments: args})
 	h.metrics.duration.WithLabelValues(pname).Observe(time.Since(start).Seconds())
+	// Answered: a result, or an error the tool's handler returned (the
+	// SDK sends it as Unknown); the process served the call.
+	m.callEnded(probe, err == nil || status.Code(err) == codes.Unknown)
 	if err != nil {
 		result, cerr := h.callError(ctx, deadline, m, p, call.Tool, err)
 		h.metrics.calls.WithLabelValues(pname, tname, result).Inc()

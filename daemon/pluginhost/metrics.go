@@ -18,6 +18,8 @@ type hostMetrics struct {
 	calls    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	restarts *prometheus.CounterVec
+	// circuitOpen is 1 while a plugin's circuit is open or half-open.
+	circuitOpen *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*hostMetrics, error) {
@@ -35,9 +37,13 @@ func newMetrics(reg prometheus.Registerer) (*hostMetrics, error) {
 			Name: "inboxd_plugin_restarts_total",
 			Help: "Plugin processes restarted after they crashed or failed a health check, by plugin.",
 		}, []string{"plugin"}),
+		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "inboxd_plugin_circuit_open",
+			Help: "1 while a plugin's circuit breaker is open or half-open (it crashed too often in a row: calls fail fast, it is not restarted until a cool-down ends, then probed with one call), else 0; by plugin.",
+		}, []string{"plugin"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.calls, m.duration, m.restarts} {
+		for _, c := range []prometheus.Collector{m.calls, m.duration, m.restarts, m.circuitOpen} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -51,6 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*hostMetrics, error) {
 // result before the first call, error or restart.
 func (m *hostMetrics) known(plugin string, tools []string) {
 	m.restarts.WithLabelValues(plugin)
+	m.circuitOpen.WithLabelValues(plugin)
 	m.duration.WithLabelValues(plugin)
 	for _, name := range tools {
 		tool := strings.TrimPrefix(name, plugin+"-")

@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,7 +41,36 @@ type managed struct {
 	desc     *description // the last description (kept while restarting)
 	restarts int
 	lastErr  error
+	cb       circuit
+	// cbSet is true while cb is not the zero circuit: calls to a healthy
+	// plugin skip the lock.
+	cbSet atomic.Bool
 }
+
+// circuit is the breaker of a plugin that keeps crashing. The crashes of a
+// running process (it exited, or failed a health check) count while no
+// call is answered between them; CircuitThreshold of them within
+// CircuitWindow open it: calls fail fast and the plugin is not restarted
+// until the cool-down ends. Then it is half-open: the plugin is started
+// again and one call at a time goes through, as a probe. An answered call
+// closes it; a crash (or a failed start) while half-open opens it again
+// with twice the cool-down, up to CircuitMaxCooldown. Guarded by
+// managed.mu.
+type circuit struct {
+	crashes   []time.Time   // the crashes in a row within the window, oldest first
+	inARow    int           // crashes since the last answered call
+	openUntil time.Time     // set while open
+	cooldown  time.Duration // of the last opening
+	halfOpen  bool
+	probing   bool // the half-open probe call is in flight
+}
+
+// Circuit states, as Info shows them.
+const (
+	CircuitClosed   = "closed"
+	CircuitOpen     = "open"
+	CircuitHalfOpen = "half_open"
+)
 
 func newManaged(h *Host, src source) *managed {
 	return &managed{h: h, src: src, first: make(chan struct{}), kickc: make(chan struct{}, 1), state: StateStarting, done: make(chan struct{})}
@@ -111,6 +142,10 @@ func (m *managed) unavailable(st State) error {
 		if last != nil {
 			msg += ": " + last.Error()
 		}
+	case StateCircuitOpen:
+		m.mu.RLock()
+		defer m.mu.RUnlock()
+		return m.circuitErrorLocked()
 	default:
 		msg = fmt.Sprintf("pluginhost: plugin %q is starting", m.src.name)
 	}
@@ -129,7 +164,116 @@ func (m *managed) info() Info {
 	if m.lastErr != nil {
 		i.Error = m.lastErr.Error()
 	}
+	switch {
+	case !m.cb.openUntil.IsZero():
+		i.Circuit, i.CircuitOpenUntil = CircuitOpen, m.cb.openUntil
+	case m.cb.halfOpen:
+		i.Circuit = CircuitHalfOpen
+	default:
+		i.Circuit = CircuitClosed
+	}
 	return i
+}
+
+// circuitErrorLocked is the fail-fast error of a call while the circuit is
+// open or its probe is in flight; m.mu must be held.
+func (m *managed) circuitErrorLocked() error {
+	msg := fmt.Sprintf("pluginhost: plugin %q is failing: circuit half-open, probing it with one call", m.src.name)
+	if !m.cb.openUntil.IsZero() {
+		msg = fmt.Sprintf("pluginhost: plugin %q is failing: circuit open until %s (%d crashes in a row",
+			m.src.name, m.cb.openUntil.UTC().Format(time.RFC3339), m.cb.inARow)
+		if m.lastErr != nil {
+			msg += "; last: " + m.lastErr.Error()
+		}
+		msg += ")"
+	}
+	return &unavailableError{msg: msg, circuit: true}
+}
+
+// failed records a crash of the running process, or a failed start (which
+// counts only while half-open), at now; it reports whether the circuit is
+// open now, and until when.
+func (m *managed) failed(now time.Time, startFailure bool) (time.Time, bool) {
+	cfg := &m.h.cfg
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cb := &m.cb
+	if cfg.CircuitThreshold < 0 || (startFailure && !cb.halfOpen) {
+		return time.Time{}, false
+	}
+	m.cbSet.Store(true)
+	cb.inARow++
+	cb.crashes = append(slices.DeleteFunc(cb.crashes, func(t time.Time) bool { return now.Sub(t) > cfg.CircuitWindow }), now)
+	switch {
+	case cb.halfOpen: // the probe failed
+		cb.cooldown = min(2*cb.cooldown, cfg.CircuitMaxCooldown)
+	case len(cb.crashes) >= cfg.CircuitThreshold:
+		cb.cooldown = cfg.CircuitCooldown
+	default:
+		return time.Time{}, false
+	}
+	cb.crashes, cb.halfOpen, cb.probing = cb.crashes[:0], false, false
+	cb.openUntil = now.Add(cb.cooldown)
+	m.state = StateCircuitOpen
+	m.h.metrics.circuitOpen.WithLabelValues(m.src.name).Set(1)
+	return cb.openUntil, true
+}
+
+// waitCircuit waits until the open circuit's cool-down ends, then makes it
+// half-open; it reports false when ctx ended first.
+func (m *managed) waitCircuit(ctx context.Context, until time.Time) bool {
+	timer := time.NewTimer(time.Until(until))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+	}
+	m.mu.Lock()
+	m.cb.openUntil, m.cb.halfOpen = time.Time{}, true
+	m.state = StateRestarting
+	m.mu.Unlock()
+	return true
+}
+
+// admit lets a call through to the running process: always while the
+// circuit is closed, one at a time (the probe) while it is half-open.
+func (m *managed) admit() (probe bool, err error) {
+	if !m.cbSet.Load() {
+		return false, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case !m.cb.openUntil.IsZero() || m.cb.probing:
+		return false, m.circuitErrorLocked()
+	case m.cb.halfOpen:
+		m.cb.probing = true
+		return true, nil
+	}
+	return false, nil
+}
+
+// callEnded records the end of an admitted call: one the plugin answered
+// clears the crash count and closes a half-open circuit.
+func (m *managed) callEnded(probe, answered bool) {
+	if !probe && (!answered || !m.cbSet.Load()) {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if probe {
+		m.cb.probing = false
+	}
+	if !answered || !m.cb.openUntil.IsZero() {
+		return
+	}
+	if m.cb.halfOpen {
+		m.h.metrics.circuitOpen.WithLabelValues(m.src.name).Set(0)
+		m.h.log.Info("plugin answered the probe call: circuit closed", "plugin", m.src.name)
+	}
+	m.cb = circuit{}
+	m.cbSet.Store(false)
 }
 
 // supervise runs the plugin until ctx ends: start, watch, and after a
@@ -152,6 +296,14 @@ func (m *managed) supervise(ctx context.Context) {
 			}
 			m.mu.Unlock()
 			m.releaseFirst()
+			if until, open := m.failed(time.Now(), true); open {
+				log.Error("plugin failed to start after a cool-down: circuit open again", "error", err, "open_until", until)
+				if !m.waitCircuit(ctx, until) {
+					m.setStopped()
+					return
+				}
+				continue
+			}
 			log.Error("plugin start failed", "error", err, "retry_in", backoff.String())
 		} else {
 			m.mu.Lock()
@@ -176,6 +328,17 @@ func (m *managed) supervise(ctx context.Context) {
 			if time.Since(started) >= stableAfter {
 				backoff = m.h.cfg.MinBackoff
 			}
+			if until, open := m.failed(time.Now(), false); open {
+				log.Error("plugin keeps crashing: circuit open, not restarting it until the cool-down ends",
+					"error", reason, "pid", p.pid, "open_until", until)
+				if !m.waitCircuit(ctx, until) {
+					m.setStopped()
+					return
+				}
+				log.Info("plugin circuit half-open: starting it again; the next call is a probe")
+				backoff = m.h.cfg.MinBackoff
+				continue
+			}
 			log.Error("plugin crashed; restarting", "error", reason, "pid", p.pid, "retry_in", backoff.String())
 		}
 		wait := backoff + rand.N(backoff/4+1) // jitter
@@ -195,6 +358,7 @@ func (m *managed) setStopped() {
 	m.mu.Lock()
 	m.state, m.cur = StateStopped, nil
 	m.mu.Unlock()
+	m.h.metrics.circuitOpen.WithLabelValues(m.src.name).Set(0) // no plugin, no circuit
 }
 
 // watch returns why the process must be replaced: it exited, or failed a

@@ -19,6 +19,12 @@
 // When no scripted reply is left and no handler is set, the server answers
 // 500 "fakellm: no scripted reply", so a test that asks more than it scripted
 // fails loudly instead of hanging or passing by accident.
+//
+// Faults of a provider are replies too: Error (429, 5xx, with WithRetryAfter
+// and WithCode), Garbage and Raw (bodies that are not a completion), any
+// reply cut short with Truncated (a complete answer whose body is only the
+// first half) or WithHangUp (the connection dropped in the middle of the
+// body), and WithDelay (a slow or hanging provider).
 package fakellm
 
 import (
@@ -97,9 +103,10 @@ type Reply struct {
 	NoUsage      bool   // leave the usage object out (as some local servers do)
 
 	// An HTTP error: Status >= 400 answers an OpenAI-style error body
-	// {"error":{"message":Message,...}} with this status.
+	// {"error":{"message":Message,"type":...,"code":Code}} with this status.
 	Status     int
 	Message    string
+	Code       string // the error's code and type; "": the usual ones for Status
 	RetryAfter string // Retry-After header value ("1", or an HTTP date); any status
 
 	// A verbatim body (garbage, HTML from a proxy, an empty choices list ...),
@@ -112,6 +119,13 @@ type Reply struct {
 	// Delay waits this long before answering; a client that gives up first
 	// gets no answer (the wait ends with the request's context).
 	Delay time.Duration
+
+	// Truncate answers only the first half of the body the reply would
+	// have (with a matching Content-Length): JSON cut short.
+	Truncate bool
+	// HangUp announces the whole body, sends its first half and drops the
+	// connection: the client reads an unexpected EOF.
+	HangUp bool
 }
 
 // Text is an assistant answer with content.
@@ -138,8 +152,28 @@ func Raw(status int, contentType, body string) Reply {
 	return Reply{Status: status, ContentType: contentType, Body: body, raw: true}
 }
 
+// Repeat is n copies of r: a provider that fails the same way every time.
+func Repeat(n int, r Reply) []Reply {
+	out := make([]Reply, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
 // WithRetryAfter adds a Retry-After header (seconds or an HTTP date).
 func (r Reply) WithRetryAfter(v string) Reply { r.RetryAfter = v; return r }
+
+// WithCode sets the code and type of an error reply (e.g.
+// "insufficient_quota", which OpenAI answers with 429 when the quota is
+// spent).
+func (r Reply) WithCode(code string) Reply { r.Code = code; return r }
+
+// Truncated answers the first half of the reply's body only.
+func (r Reply) Truncated() Reply { r.Truncate = true; return r }
+
+// WithHangUp drops the connection halfway through the reply's body.
+func (r Reply) WithHangUp() Reply { r.HangUp = true; return r }
 
 // WithDelay waits d before answering.
 func (r Reply) WithDelay(d time.Duration) Reply { r.Delay = d; return r }
@@ -359,6 +393,21 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, rec RecordedRequ
 	if reply.RetryAfter != "" {
 		w.Header().Set("Retry-After", reply.RetryAfter)
 	}
+	status, ct, body := s.render(rec.Model, reply)
+	switch {
+	case reply.HangUp:
+		// net/http closes the connection after a handler wrote less than
+		// the Content-Length it announced.
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		body = body[:len(body)/2]
+	case reply.Truncate:
+		body = body[:len(body)/2]
+	}
+	return write(w, status, ct, body)
+}
+
+// render is the status, content type and body of a reply.
+func (s *Server) render(model string, reply Reply) (int, string, []byte) {
 	switch {
 	case reply.raw || reply.Body != "":
 		status := reply.Status
@@ -369,18 +418,17 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, rec RecordedRequ
 		if ct == "" {
 			ct = "application/json"
 		}
-		w.Header().Set("Content-Type", ct)
-		w.WriteHeader(status)
-		_, _ = io.WriteString(w, reply.Body)
-		return status
+		return status, ct, []byte(reply.Body)
 	case reply.Status >= 400:
 		msg := reply.Message
 		if msg == "" {
 			msg = http.StatusText(reply.Status)
 		}
-		return writeError(w, reply.Status, msg)
+		status, body := errorBody(reply.Status, msg, reply.Code)
+		return status, "application/json", body
 	}
-	return writeJSON(w, http.StatusOK, s.completion(rec.Model, reply))
+	status, body := encodeJSON(http.StatusOK, s.completion(model, reply))
+	return status, "application/json", body
 }
 
 func (s *Server) next(req Request) (Reply, bool) {
@@ -459,8 +507,16 @@ func (s *Server) completion(model string, r Reply) map[string]any {
 }
 
 func writeError(w http.ResponseWriter, status int, message string) int {
-	typ, code := "invalid_request_error", ""
+	status, body := errorBody(status, message, "")
+	return write(w, status, "application/json", body)
+}
+
+// errorBody is an OpenAI-style error; code, when set, is its code and type.
+func errorBody(status int, message, code string) (int, []byte) {
+	typ := "invalid_request_error"
 	switch {
+	case code != "":
+		typ = code
 	case status == http.StatusUnauthorized:
 		code = "invalid_api_key"
 	case status == http.StatusTooManyRequests:
@@ -469,7 +525,7 @@ func writeError(w http.ResponseWriter, status int, message string) int {
 		typ = "server_error"
 	}
 	body := map[string]any{"error": map[string]any{"message": message, "type": typ, "param": nil, "code": nilIfEmpty(code)}}
-	return writeJSON(w, status, body)
+	return encodeJSON(status, body)
 }
 
 func nilIfEmpty(s string) any {
@@ -479,15 +535,18 @@ func nilIfEmpty(s string) any {
 	return s
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) int {
+func encodeJSON(status int, v any) (int, []byte) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		status = http.StatusInternalServerError
-		b = []byte(`{"error":{"message":"fakellm: cannot encode the reply"}}`)
+		return http.StatusInternalServerError, []byte(`{"error":{"message":"fakellm: cannot encode the reply"}}`)
 	}
-	w.Header().Set("Content-Type", "application/json")
+	return status, b
+}
+
+func write(w http.ResponseWriter, status int, contentType string, body []byte) int {
+	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(status)
-	_, _ = w.Write(b)
+	_, _ = w.Write(body)
 	return status
 }
 

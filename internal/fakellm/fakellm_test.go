@@ -154,3 +154,65 @@ func TestHandlerRawAndDelay(t *testing.T) {
 		t.Errorf("unknown path: %d", res.StatusCode)
 	}
 }
+
+// TestFaultModes: error codes, bodies cut short and connections dropped
+// halfway, as the fault tests of the LLM client use them.
+func TestFaultModes(t *testing.T) {
+	s := New(t)
+	for _, tc := range []struct {
+		name     string
+		reply    Reply
+		wantCode int    // 0: the client gets no complete answer
+		wantBody string // a prefix of the body ("" not checked)
+		check    func(t *testing.T, body []byte)
+	}{
+		{name: "error code", reply: Error(429, "You exceeded your current quota").WithCode("insufficient_quota"), wantCode: 429,
+			check: func(t *testing.T, body []byte) {
+				var e struct {
+					Error struct{ Message, Type, Code string }
+				}
+				if err := json.Unmarshal(body, &e); err != nil || e.Error.Code != "insufficient_quota" || e.Error.Type != "insufficient_quota" {
+					t.Errorf("body %s (%v)", body, err)
+				}
+			}},
+		{name: "default 429 code", reply: Error(429, "slow down"), wantCode: 429,
+			check: func(t *testing.T, body []byte) {
+				if !strings.Contains(string(body), `"code":"rate_limit_exceeded"`) {
+					t.Errorf("body %s", body)
+				}
+			}},
+		{name: "truncated completion", reply: Text("a complete answer").Truncated(), wantCode: 200, wantBody: `{"`,
+			check: func(t *testing.T, body []byte) {
+				if json.Valid(body) {
+					t.Errorf("the body is whole JSON: %s", body)
+				}
+			}},
+		{name: "truncated error", reply: Error(503, "busy").Truncated(), wantCode: 503,
+			check: func(t *testing.T, body []byte) {
+				if json.Valid(body) || len(body) == 0 {
+					t.Errorf("body %s", body)
+				}
+			}},
+		{name: "hang-up", reply: Text("never whole").WithHangUp()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.Enqueue(tc.reply)
+			res, err := http.Post(s.URL()+"/chat/completions", "application/json", strings.NewReader(chatBody))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			body, readErr := io.ReadAll(res.Body)
+			if tc.wantCode == 0 {
+				if readErr == nil {
+					t.Fatalf("read the whole body of a hang-up: %s", body)
+				}
+				return
+			}
+			if readErr != nil || res.StatusCode != tc.wantCode || !strings.HasPrefix(string(body), tc.wantBody) {
+				t.Fatalf("%d %q %v", res.StatusCode, body, readErr)
+			}
+			tc.check(t, body)
+		})
+	}
+}

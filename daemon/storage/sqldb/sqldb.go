@@ -57,6 +57,7 @@ func (d Dialect) String() string {
 type DB struct {
 	*sql.DB
 	Dialect Dialect
+	path    string // the SQLite file, absolute; "" for PostgreSQL
 }
 
 // sqliteParams are the connection settings of every SQLite connection:
@@ -87,6 +88,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 	var (
 		db      *sql.DB
 		dialect Dialect
+		dbPath  string
 		err     error
 	)
 	switch {
@@ -112,7 +114,14 @@ func Open(ctx context.Context, url string) (*DB, error) {
 			path = "./" + path // a plain file name, not an SQLite URI
 		}
 		dialect = SQLite
-		db, err = sql.Open("sqlite", path+"?"+sqliteParams)
+		abs, aerr := filepath.Abs(path)
+		if aerr != nil {
+			return nil, fmt.Errorf("sqldb: database path: %w", aerr)
+		}
+		// Through a connector whose errors name the file when its disk is
+		// full (diskfull.go).
+		db = sql.OpenDB(&liteConnector{dsn: path + "?" + sqliteParams, path: abs})
+		dbPath = abs
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
 		dialect = Postgres
 		db, err = sql.Open("pgx", url)
@@ -120,7 +129,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		scheme, _, _ := strings.Cut(url, ":")
 		return nil, fmt.Errorf("sqldb: unsupported database url scheme %q (want sqlite:// or postgres://)", scheme)
 	}
-	if err != nil {
+	if err != nil { // PostgreSQL only: OpenDB cannot fail
 		return nil, fmt.Errorf("sqldb: open %s: %w", dialect, err)
 	}
 	// Keep connections for bursts of concurrent requests instead of the
@@ -137,7 +146,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		db.SetMaxOpenConns(sqliteConns)
 		db.SetMaxIdleConns(sqliteConns)
 	}
-	d := &DB{DB: db, Dialect: dialect}
+	d := &DB{DB: db, Dialect: dialect, path: dbPath}
 	if err := d.Ping(ctx); err != nil {
 		_ = db.Close()
 		return nil, err

@@ -121,6 +121,17 @@ func tools() []sdk.Tool {
 				os.Exit(2)
 				return sdk.Result{}, nil
 			}},
+		{Name: "crash_while", Description: "exits the process while the file named by its file argument exists, else answers", InputSchema: obj,
+			Handler: func(_ context.Context, call sdk.Call) (sdk.Result, error) {
+				var a struct{ File string }
+				if err := call.Bind(&a); err != nil {
+					return sdk.Errorf("%v", err), nil
+				}
+				if _, err := os.Stat(a.File); err == nil {
+					os.Exit(3)
+				}
+				return sdk.Text("alive"), nil
+			}},
 		{Name: "fail", Description: "returns an error", InputSchema: obj,
 			Handler: func(context.Context, sdk.Call) (sdk.Result, error) {
 				return sdk.Result{}, fmt.Errorf("deliberate failure")
