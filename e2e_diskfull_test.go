@@ -65,7 +65,7 @@ func fillDisk(t *testing.T, path string) {
 
 // TestDiskFullSQLite fills the volume of the SQLite database under a running
 // daemon. Writes then fail with a clear error in the log ("disk full", the
-// file) and a 500 to the client; the daemon does not crash, keeps serving
+// file) and a 507 "storage_full" to the client; the daemon does not crash, keeps serving
 // reads (earlier workflows and settings) and health; once space returns,
 // writes succeed again without a restart, and after a clean stop the
 // database passes PRAGMA integrity_check with everything written before
@@ -104,20 +104,23 @@ func TestDiskFullSQLite(t *testing.T) {
 	// then one of the same size and a bigger one fail too.
 	big := workflow("big", 95_000)
 	wantNames := []string{"kept"}
-	for code := 0; code != 500; {
+	for code := 0; code != 507; {
 		switch code = d.call("POST", "/api/v1/workflows", big, nil); {
 		case code == 201 && len(wantNames) < 40:
 			wantNames = append(wantNames, "big")
-		case code != 500:
-			t.Fatalf("create a workflow on the full volume: %d after %d created, want 500 at last", code, len(wantNames)-1)
+		case code != 507:
+			t.Fatalf("create a workflow on the full volume: %d after %d created, want 507 at last", code, len(wantNames)-1)
 		}
 	}
-	if code := d.call("POST", "/api/v1/workflows", big, nil); code != 500 {
-		t.Errorf("create a workflow on the full volume: %d, want 500", code)
+	var full struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if code := d.call("POST", "/api/v1/workflows", big, &full); code != 507 || full.Error.Code != "storage_full" {
+		t.Errorf("create a workflow on the full volume: %d %+v, want 507 storage_full", code, full)
 	}
 	run := map[string]any{"input": strings.Repeat("a long mail ", 20_000)} // 240 KB
-	if code := d.call("POST", "/api/v1/workflows/"+kept.ID+"/run", run, nil); code != 500 {
-		t.Errorf("start a run on the full volume: %d, want 500", code)
+	if code := d.call("POST", "/api/v1/workflows/"+kept.ID+"/run", run, nil); code != 507 {
+		t.Errorf("start a run on the full volume: %d, want 507", code)
 	}
 	waitUntil(t, "the disk-full error in the daemon log", 10*time.Second, func() bool {
 		log, _ := os.ReadFile(d.logPath)
@@ -136,6 +139,14 @@ func TestDiskFullSQLite(t *testing.T) {
 	if code := d.call("GET", "/healthz", nil, nil); code != 200 {
 		t.Errorf("/healthz on the full volume: %d", code)
 	}
+	// Readiness says why writes fail (the watchdog does not: no restart).
+	var ready struct {
+		Ready  bool              `json:"ready"`
+		Checks map[string]string `json:"checks"`
+	}
+	if code := d.call("GET", "/readyz", nil, &ready); code != 503 || ready.Ready || ready.Checks["sql_disk"] != "unavailable" || ready.Checks["sql"] != "ok" {
+		t.Errorf("/readyz on the full volume: %d %+v, want 503 with sql_disk unavailable and sql ok", code, ready)
+	}
 	select {
 	case err := <-d.exited:
 		t.Fatalf("the daemon exited on the full volume: %v", err)
@@ -148,6 +159,9 @@ func TestDiskFullSQLite(t *testing.T) {
 	}
 	if err := db.CheckDiskSpace(); err != nil {
 		t.Errorf("CheckDiskSpace with room again: %v", err)
+	}
+	if code := d.call("GET", "/readyz", nil, &ready); code != 200 || ready.Checks["sql_disk"] != "ok" {
+		t.Errorf("/readyz with room again: %d %+v", code, ready)
 	}
 	var after workflowJSON
 	if code := d.call("POST", "/api/v1/workflows", big, &after); code != 201 {

@@ -22,6 +22,7 @@ import (
 	"github.com/inboxd/inboxd/daemon/metrics"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/storage/kv"
+	"github.com/inboxd/inboxd/daemon/storage/sqldb"
 	"github.com/inboxd/inboxd/daemon/tools"
 	"github.com/inboxd/inboxd/daemon/users"
 	"github.com/inboxd/inboxd/daemon/workflow"
@@ -178,9 +179,14 @@ func writeError(w http.ResponseWriter, code int, errCode, msg string) {
 }
 
 // internalError logs err with the request's route and answers a 500 that
-// does not leak it.
+// does not leak it; a full disk is a 507 saying so, since the client can
+// retry once the operator has made room.
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	s.d.Logger.Error("request failed", "route", r.Pattern, "error", err)
+	if sqldb.IsDiskFull(err) {
+		writeError(w, http.StatusInsufficientStorage, "storage_full", "the server's storage is full: nothing was saved; try again later")
+		return
+	}
 	writeError(w, http.StatusInternalServerError, "internal", "internal error")
 }
 

@@ -169,7 +169,10 @@ func serve(ctx context.Context, cfg *config.Config, logger *slog.Logger, live *l
 		return err
 	}
 
-	ready := []api.Check{{Name: "sql", Ping: st.sql.Ping}, {Name: "kv", Ping: st.kv.Ping}}
+	ready := []api.Check{{Name: "sql", Ping: st.sql.Ping}, {Name: "kv", Ping: st.kv.Ping},
+		// Readiness only, never the watchdog: a full disk is no reason to
+		// restart a daemon that keeps serving reads.
+		{Name: "sql_disk", Ping: func(context.Context) error { return st.sql.CheckDiskSpace() }}}
 	handler := api.New(api.Deps{
 		Auth:      authn,
 		Users:     st.users,
