@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -263,7 +264,7 @@ func Load(path string, getenv func(string) string) (*Config, error) {
 func loadFile(c *Config, opts []option, path string) error {
 	var raw map[string]any
 	if _, err := toml.DecodeFile(path, &raw); err != nil {
-		return fmt.Errorf("config: %s: %w", path, err)
+		return fmt.Errorf("config: %s: %w", path, syntaxError(err))
 	}
 	byKey := make(map[string]option, len(opts))
 	for _, o := range opts {
@@ -286,6 +287,29 @@ func loadFile(c *Config, opts []option, path string) error {
 		}
 	}
 	return nil
+}
+
+// quotedText is what a TOML parser error quotes from the file.
+var quotedText = regexp.MustCompile(`"(?:[^"\\\n]|\\.)*"|'[^'\s]{3,}'`)
+
+// syntaxError describes a TOML syntax error by its line and key, without
+// the text the parser quotes from the file: a value that breaks the syntax,
+// such as an unquoted password, would be repeated in the error, which is
+// printed and, on a refused reload, logged.
+func syntaxError(err error) error {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	where := fmt.Sprintf("line %d", pe.Position.Line)
+	if pe.LastKey != "" {
+		where += fmt.Sprintf(" (last key %q)", pe.LastKey)
+	}
+	msg := quotedText.ReplaceAllString(pe.Message, "…")
+	if msg != pe.Message {
+		msg += " (the file's text is not repeated: it may be a secret)"
+	}
+	return fmt.Errorf("%s: %s", where, msg)
 }
 
 func flatten(prefix string, m map[string]any, out map[string]any) {

@@ -167,3 +167,26 @@ func TestEnvNames(t *testing.T) {
 		}
 	}
 }
+
+// TestSyntaxErrorsDoNotRepeatTheFile: a value that breaks the TOML syntax
+// (an unquoted password) is not repeated in the error, which is printed and,
+// on a refused reload, logged; the error still says where the problem is.
+func TestSyntaxErrorsDoNotRepeatTheFile(t *testing.T) {
+	for name, body := range map[string]string{
+		"unquoted value":     "[auth]\nmode = \"password\"\npassword = hunterunquoted\n",
+		"unterminated value": "[storage]\nredis_url = \"redis://:hunterunquoted@localhost\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(writeFile(t, body), func(string) string { return "" })
+			if err == nil {
+				t.Fatal("a broken file loaded")
+			}
+			if strings.Contains(err.Error(), "hunter") {
+				t.Errorf("the error repeats the file's text: %v", err)
+			}
+			if !strings.Contains(err.Error(), "line ") {
+				t.Errorf("the error does not say where: %v", err)
+			}
+		})
+	}
+}

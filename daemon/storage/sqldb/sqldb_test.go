@@ -3,6 +3,7 @@ package sqldb_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,7 +100,11 @@ func TestOpenURLs(t *testing.T) {
 		{"sqlite://:memory:", "in-memory"},
 		{"postgres://inboxd:hunter2@127.0.0.1:1/inboxd?connect_timeout=2", "ping postgres"},
 	} {
-		t.Run(tc.url, func(t *testing.T) {
+		name := tc.url
+		if u, err := url.Parse(tc.url); err == nil && u.User != nil {
+			name = u.Redacted() // the name is printed: not the password
+		}
+		t.Run(name, func(t *testing.T) {
 			db, err := sqldb.Open(ctx, tc.url)
 			if err == nil {
 				db.Close()
