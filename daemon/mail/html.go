@@ -165,21 +165,42 @@ func (c *htmlConverter) tag(s string, i int) (int, bool) {
 			// Skip to the matching end tag; the content is not text. An
 			// unclosed script or style swallows the rest, as in browsers;
 			// other elements are then read on as usual.
-			k := -1
-			if !c.noEndTag[name] {
-				if k = strings.Index(c.lower[end:], "</"+name); k < 0 {
-					c.noEndTag[name] = true // and none further on either
-				}
-			}
+			k := c.rawTextEnd(s, end, name)
 			switch {
 			case k >= 0:
-				end += k
+				end = k
 			case name == "script" || name == "style":
 				return len(s), true
 			}
 		}
 	}
 	return end, true
+}
+
+// rawTextEnd returns the offset of the end tag of the raw text element
+// name whose content starts at s[from], or -1 when it has none. An end tag
+// is "</name" followed by white space, '/' or '>' ("</stylex>" is not one)
+// and closed by a '>': one left open at the end of the input is text in
+// the element, not its end.
+func (c *htmlConverter) rawTextEnd(s string, from int, name string) int {
+	for !c.noEndTag[name] {
+		k := strings.Index(c.lower[from:], "</"+name)
+		if k < 0 {
+			break
+		}
+		at := from + k
+		after := at + 2 + len(name)
+		if after < len(s) && !isHTMLSpace(s[after]) && s[after] != '/' && s[after] != '>' {
+			from = at + 1
+			continue
+		}
+		if _, _, ok := c.parseAttrs(s, after); ok {
+			return at
+		}
+		break
+	}
+	c.noEndTag[name] = true // and none further on either
+	return -1
 }
 
 // parseAttrs reads attributes from s[j:] up to the closing '>', and returns

@@ -24,18 +24,27 @@ const (
 	DefaultMaxBodyText    = 200 << 10 // bytes of body text kept (each of Text and HTMLText)
 	DefaultMaxParts       = 100       // MIME parts read
 	DefaultMaxDepth       = 20        // multipart nesting levels read
-	DefaultMaxHeaders     = 1000      // header fields kept in Message.Headers
+	DefaultMaxHeaders     = 1000      // header fields read from each header (the message's, each part's)
+	DefaultMaxAttachments = 50        // attachments listed in Message.Attachments
 	maxMsgIDs             = 100       // ids kept from References
+	maxAddresses          = 1000      // addresses kept of each address field (From, To, Cc, Reply-To)
 )
 
 // ParseOptions bounds what ParseMessage reads. Zero values mean the
-// defaults; a message beyond a limit is parsed partially, with a warning.
+// defaults; a message beyond a limit is parsed partially, with a warning
+// that names the limit.
 type ParseOptions struct {
 	MaxSize     int64 // raw message bytes; the rest is not read
 	MaxBodyText int   // bytes of Text and of HTMLText; longer text is cut with a marker
 	MaxParts    int   // MIME parts; later parts are skipped
 	MaxDepth    int   // multipart nesting; deeper parts are skipped
-	MaxHeaders  int   // header fields kept in Message.Headers
+	// MaxHeaders bounds the header fields read from the message's header
+	// and from each part's header, and those listed in Message.Headers.
+	// Beyond it only the first of each field the parser itself needs
+	// (Subject, From, Content-Type ...) is read; the others are dropped
+	// unread, so a flood of header fields costs no memory.
+	MaxHeaders     int
+	MaxAttachments int // attachments listed; later ones are not read
 }
 
 func (o ParseOptions) withDefaults() ParseOptions {
@@ -53,6 +62,9 @@ func (o ParseOptions) withDefaults() ParseOptions {
 	}
 	if o.MaxHeaders <= 0 {
 		o.MaxHeaders = DefaultMaxHeaders
+	}
+	if o.MaxAttachments <= 0 {
+		o.MaxAttachments = DefaultMaxAttachments
 	}
 	return o
 }
@@ -160,8 +172,16 @@ func ParseMessage(raw []byte, opts ParseOptions) (*Message, error) {
 	}
 	p := &parser{opts: opts.withDefaults(), msg: &Message{}}
 	if int64(len(raw)) > p.opts.MaxSize {
-		p.warn("message is %d bytes; only the first %d were read", len(raw), p.opts.MaxSize)
+		p.warn("message is %d bytes, over the size limit; only the first %d were read", len(raw), p.opts.MaxSize)
 		raw = raw[:p.opts.MaxSize]
+	}
+	raw, over := limitHeaderFields(raw, p.opts.MaxHeaders)
+	if over.top > 0 {
+		p.warn("message has %d header fields, over the header limit (%d); only the first %d and the fields the parser reads were kept",
+			over.top, p.opts.MaxHeaders, p.opts.MaxHeaders)
+	}
+	if over.parts > 0 {
+		p.warn("%d part headers have more than %d fields (the header limit); their later fields were dropped", over.parts, p.opts.MaxHeaders)
 	}
 
 	br := bufio.NewReader(bytes.NewReader(raw))
@@ -184,9 +204,10 @@ func ParseMessage(raw []byte, opts ParseOptions) (*Message, error) {
 }
 
 type parser struct {
-	opts  ParseOptions
-	msg   *Message
-	parts int
+	opts        ParseOptions
+	msg         *Message
+	parts       int
+	attachments int // attachments seen, also those over the limit
 
 	text, html       strings.Builder
 	textCut, htmlCut bool
@@ -241,21 +262,15 @@ func afterHeader(raw []byte) []byte {
 // headers reads the top-level fields the Message exposes.
 func (p *parser) headers(hdr message.Header) {
 	mh := gomail.Header{Header: hdr}
+	// limitHeaderFields left at most MaxHeaders fields and a few the parser
+	// reads (and warned); the list shows the first MaxHeaders.
 	fields := hdr.Fields()
-	n := 0
-	for fields.Next() {
-		n++
-		if n > p.opts.MaxHeaders {
-			continue
-		}
+	for fields.Next() && len(p.msg.Headers) < p.opts.MaxHeaders {
 		v, err := fields.Text()
 		if err != nil {
 			v = fields.Value()
 		}
 		p.msg.Headers = append(p.msg.Headers, HeaderField{Key: clean(fields.Key()), Value: clean(v)})
-	}
-	if n > p.opts.MaxHeaders {
-		p.warn("message has %d header fields; only the first %d are listed", n, p.opts.MaxHeaders)
 	}
 
 	if subj, err := mh.Subject(); err == nil {
@@ -279,9 +294,9 @@ func (p *parser) headers(hdr message.Header) {
 	}
 
 	if id, err := mh.MessageID(); err == nil && id != "" {
-		p.msg.MessageID = clean(id)
+		p.msg.MessageID = cleanMsgID(id)
 	} else if ids := lenientMsgIDs(hdr.Get("Message-Id")); len(ids) > 0 {
-		p.msg.MessageID = clean(ids[0])
+		p.msg.MessageID = cleanMsgID(ids[0])
 	}
 	p.msg.InReplyTo = p.msgIDList(mh, "In-Reply-To")
 	refs := p.msgIDList(mh, "References")
@@ -315,11 +330,22 @@ func (p *parser) msgIDList(mh gomail.Header, key string) []string {
 	}
 	out := ids[:0]
 	for _, id := range ids {
-		if id = clean(id); id != "" {
+		if id = cleanMsgID(id); id != "" {
 			out = append(out, id)
 		}
 	}
 	return out
+}
+
+// cleanMsgID returns a message id without angle brackets, or "" for
+// something that cannot be one (brackets or white space inside, as in a
+// mangled "<<>>"): threading compares ids as they are.
+func cleanMsgID(id string) string {
+	id = normalizeMsgID(clean(id))
+	if strings.ContainsAny(id, "<> ") {
+		return ""
+	}
+	return id
 }
 
 // lenientMsgIDs takes the <...> tokens of a malformed id list, or its
@@ -357,6 +383,10 @@ func (p *parser) addresses(mh gomail.Header, key string) []Address {
 	}
 	list, err := mh.AddressList(key)
 	if err == nil {
+		if len(list) > maxAddresses {
+			p.warn("%s: %d addresses, over the limit of %d; the rest were dropped", strings.ToLower(key), len(list), maxAddresses)
+			list = list[:maxAddresses]
+		}
 		out := make([]Address, 0, len(list))
 		for _, a := range list {
 			out = append(out, Address{Name: clean(a.Name), Email: clean(a.Address)})
@@ -372,6 +402,10 @@ func (p *parser) addresses(mh gomail.Header, key string) []Address {
 		piece = strings.TrimSpace(piece)
 		if piece == "" {
 			continue
+		}
+		if len(out) == maxAddresses {
+			p.warn("%s: more than %d addresses, over the limit; the rest were dropped", strings.ToLower(key), maxAddresses)
+			break
 		}
 		if a, err := gomail.ParseAddress(piece); err == nil {
 			out = append(out, Address{Name: clean(a.Name), Email: clean(a.Address)})
@@ -589,7 +623,7 @@ func (p *parser) entity(hdr message.Header, r io.Reader, depth int, path string)
 
 func (p *parser) multipart(r io.Reader, boundary string, depth int, path string) {
 	if depth >= p.opts.MaxDepth {
-		p.warn("%s: multipart nested deeper than %d levels; skipped", where(path), p.opts.MaxDepth)
+		p.warn("%s: multipart nested deeper than %d levels (the nesting limit); skipped", where(path), p.opts.MaxDepth)
 		return
 	}
 	mr := textproto.NewMultipartReader(r, boundary)
@@ -597,7 +631,7 @@ func (p *parser) multipart(r io.Reader, boundary string, depth int, path string)
 		if p.parts >= p.opts.MaxParts {
 			if !p.partsWarned {
 				p.partsWarned = true
-				p.warn("message has more than %d MIME parts; the rest were skipped", p.opts.MaxParts)
+				p.warn("message has more than %d MIME parts (the part limit); the rest were skipped", p.opts.MaxParts)
 			}
 			return
 		}
@@ -652,6 +686,10 @@ func (p *parser) leaf(e *message.Entity, mt string, params map[string]string, pa
 	}
 	isBody := (mt == "text/plain" || mt == "text/html") && disp != "attachment"
 	if !isBody {
+		p.attachments++
+		if len(p.msg.Attachments) >= p.opts.MaxAttachments {
+			return // not listed, not read (finish warns)
+		}
 		name, err := (&gomail.AttachmentHeader{Header: e.Header}).Filename()
 		if err != nil || name == "" {
 			name = dparams["filename"]
@@ -734,6 +772,10 @@ func truncateUTF8(s string, n int) string {
 }
 
 func (p *parser) finish() {
+	if p.attachments > p.opts.MaxAttachments {
+		p.warn("message has %d attachments, over the attachment limit (%d); only the first %d are listed",
+			p.attachments, p.opts.MaxAttachments, p.opts.MaxAttachments)
+	}
 	marker := fmt.Sprintf("\n\n[... text truncated at %d KiB ...]", p.opts.MaxBodyText>>10)
 	if p.opts.MaxBodyText < 1024 {
 		marker = fmt.Sprintf("\n\n[... text truncated at %d bytes ...]", p.opts.MaxBodyText)

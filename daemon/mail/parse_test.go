@@ -229,8 +229,18 @@ func checkMessageInvariants(t testing.TB, m *Message, opts ParseOptions) {
 	if len(m.Text) > opts.MaxBodyText+marker || len(m.HTMLText) > opts.MaxBodyText+marker {
 		t.Fatalf("body text %d/%d bytes over the limit %d", len(m.Text), len(m.HTMLText), opts.MaxBodyText)
 	}
-	if len(m.Attachments) > opts.MaxParts {
-		t.Fatalf("%d attachments over %d parts", len(m.Attachments), opts.MaxParts)
+	if len(m.Attachments) > opts.MaxParts || len(m.Attachments) > opts.MaxAttachments {
+		t.Fatalf("%d attachments over %d parts or the limit of %d", len(m.Attachments), opts.MaxParts, opts.MaxAttachments)
+	}
+	for _, id := range append(append([]string{m.MessageID}, m.InReplyTo...), m.References...) {
+		if strings.ContainsAny(id, "<> \t") {
+			t.Fatalf("message id %q is not bare", id)
+		}
+	}
+	for _, l := range [][]Address{m.From, m.To, m.Cc, m.ReplyTo} {
+		if len(l) > maxAddresses {
+			t.Fatalf("%d addresses", len(l))
+		}
 	}
 	if len(m.Headers) > opts.MaxHeaders {
 		t.Fatalf("%d headers over %d", len(m.Headers), opts.MaxHeaders)
@@ -277,7 +287,7 @@ func TestParseMessageLimits(t *testing.T) {
 			fmt.Fprintf(&b, "--b\r\nContent-Type: application/octet-stream\r\n\r\npart %d\r\n", i)
 		}
 		b.WriteString("--b--\r\n")
-		m, _ := ParseMessage([]byte(b.String()), ParseOptions{})
+		m, _ := ParseMessage([]byte(b.String()), ParseOptions{MaxAttachments: 1000})
 		if len(m.Attachments) != DefaultMaxParts {
 			t.Fatalf("%d attachments, want %d", len(m.Attachments), DefaultMaxParts)
 		}

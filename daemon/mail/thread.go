@@ -480,6 +480,14 @@ func searchMessageIDs(c *imapclient.Client, ids []string) ([]imap.UID, error) {
 	return data.AllUIDs(), nil
 }
 
+// abandonOnReadError: when reading a FETCH literal fails, the connection
+// failed under it, and go-imap's reader goroutine has already moved on to
+// the rest of the response. Any later Next or Close of the command would
+// drain the failed literal again, reading the connection's buffer
+// concurrently with that goroutine (a data race, found by cutting the
+// connection mid-FETCH). So the fetch returns at once and leaves the command
+// alone; the connection is unusable, and the caller discards it.
+
 // fetchHeaders reads the threading fields of the messages in set.
 func fetchHeaders(c *imapclient.Client, set imap.NumSet) ([]Header, error) {
 	section := &imap.FetchItemBodySection{
@@ -488,7 +496,12 @@ func fetchHeaders(c *imapclient.Client, set imap.NumSet) ([]Header, error) {
 		Peek:         true,
 	}
 	cmd := c.Fetch(set, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{section}})
-	defer cmd.Close()
+	abandoned := false // see abandonOnReadError
+	defer func() {
+		if !abandoned {
+			cmd.Close()
+		}
+	}()
 	var out []Header
 	for {
 		msg := cmd.Next()
@@ -508,7 +521,11 @@ func fetchHeaders(c *imapclient.Client, set imap.NumSet) ([]Header, error) {
 			case imapclient.FetchItemDataBodySection:
 				if item.Literal != nil {
 					// Header fields only: small; cap them anyway.
-					raw, _ = io.ReadAll(io.LimitReader(item.Literal, 256<<10))
+					var err error
+					if raw, err = io.ReadAll(io.LimitReader(item.Literal, 256<<10)); err != nil {
+						abandoned = true
+						return nil, fmt.Errorf("mail: fetch thread: fetch headers: %w", err)
+					}
 				}
 			}
 		}
@@ -548,7 +565,12 @@ func FetchMessages(c *imapclient.Client, mailbox string, set imap.NumSet, opts P
 		UID: true, Flags: true, InternalDate: true, RFC822Size: true,
 		BodySection: []*imap.FetchItemBodySection{section},
 	})
-	defer cmd.Close()
+	abandoned := false // see abandonOnReadError
+	defer func() {
+		if !abandoned {
+			cmd.Close()
+		}
+	}()
 	var out []*ThreadMessage
 	for {
 		msg := cmd.Next()
@@ -557,7 +579,6 @@ func FetchMessages(c *imapclient.Client, mailbox string, set imap.NumSet, opts P
 		}
 		tm := &ThreadMessage{}
 		var raw []byte
-		var readErr error
 		for {
 			item := msg.Next()
 			if item == nil {
@@ -574,13 +595,13 @@ func FetchMessages(c *imapclient.Client, mailbox string, set imap.NumSet, opts P
 				tm.Size = item.Size
 			case imapclient.FetchItemDataBodySection:
 				if item.Literal != nil {
-					raw, readErr = io.ReadAll(io.LimitReader(item.Literal, opts.MaxSize))
+					var err error
+					if raw, err = io.ReadAll(io.LimitReader(item.Literal, opts.MaxSize)); err != nil {
+						abandoned = true
+						return nil, fmt.Errorf("mail: fetch messages: read message: %w", err)
+					}
 				}
 			}
-		}
-		if readErr != nil {
-			cmd.Close()
-			return nil, fmt.Errorf("mail: fetch messages: read message: %w", readErr)
 		}
 		if tm.UID == 0 {
 			continue

@@ -3,6 +3,7 @@ package workflow
 import (
 	"net/mail"
 	"strings"
+	"unicode"
 )
 
 // Match reports whether an email from the sender from (a From header value,
@@ -41,7 +42,8 @@ func (r FilterRules) Match(from string) bool {
 // senderAddress extracts the lower-cased address from a From value: by
 // net/mail, else leniently (the text between the last '<' and the next '>',
 // or the whole value), for headers net/mail refuses (unquoted specials in
-// the display name, say). A value without an '@' has no address.
+// the display name, say). A value without an '@', or with white space in
+// the address, has no address.
 func senderAddress(from string) string {
 	from = strings.TrimSpace(from)
 	if from == "" {
@@ -57,8 +59,10 @@ func senderAddress(from string) string {
 			s = s[:gt]
 		}
 	}
-	s = strings.Trim(strings.TrimSpace(s), `"'`)
-	if strings.ContainsAny(s, " \t\r\n") || !strings.Contains(s, "@") {
+	s = strings.TrimSpace(strings.Trim(strings.TrimSpace(s), `"'`))
+	// Any white space left (a form feed, say) would make an address that no
+	// rule can name: rule entries are trimmed.
+	if strings.IndexFunc(s, unicode.IsSpace) >= 0 || !strings.Contains(s, "@") {
 		return ""
 	}
 	return strings.ToLower(s)
