@@ -8,12 +8,62 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/inboxd/inboxd/daemon/llm"
 	"github.com/inboxd/inboxd/daemon/logs"
 	"github.com/inboxd/inboxd/daemon/settings"
 	"github.com/inboxd/inboxd/daemon/userid"
 )
+
+// Limits of a run.
+const (
+	// MaxRenderedPrompt caps what a step sends: the rendered system prompt
+	// and the trigger input (llm and agent steps, the trigger check), the
+	// rendered arguments (tool steps). A step over it fails with an
+	// ErrPromptTooLarge, without calling the model or the tool.
+	MaxRenderedPrompt = 1 << 20
+	// MaxStepOutput caps a step's recorded output (what later steps see as
+	// <<step_output.STEP>>) and each tool result an agent reads; a longer
+	// one is cut, with a marker saying so.
+	MaxStepOutput = 256 << 10
+)
+
+// ErrPromptTooLarge: a step's rendered prompt is over MaxRenderedPrompt.
+var ErrPromptTooLarge = errors.New("prompt too large")
+
+// checkPromptSize refuses a rendered prompt (what names it) that, with the
+// input sent along with it, is over MaxRenderedPrompt.
+func checkPromptSize(what, rendered, input string) error {
+	n := len(rendered) + len(input)
+	switch {
+	case n <= MaxRenderedPrompt:
+		return nil
+	case input == "":
+		return fmt.Errorf("%w: the rendered %s take %d bytes, over the prompt size limit of %d bytes",
+			ErrPromptTooLarge, what, n, MaxRenderedPrompt)
+	}
+	return fmt.Errorf("%w: the rendered %s (%d bytes) and the trigger input (%d bytes) take %d bytes, over the prompt size limit of %d bytes",
+		ErrPromptTooLarge, what, len(rendered), len(input), n, MaxRenderedPrompt)
+}
+
+// capOutput cuts s to MaxStepOutput bytes (on a UTF-8 boundary) and marks
+// the cut; it reports whether it cut.
+func capOutput(s string) (string, bool) {
+	return capText(s, MaxStepOutput, "step output")
+}
+
+// capText cuts s to limit bytes and appends a marker naming the limit.
+func capText(s string, limit int, what string) (string, bool) {
+	if len(s) <= limit {
+		return s, false
+	}
+	n := limit
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + fmt.Sprintf("\n\n[... truncated: %d bytes, over the %s limit of %d bytes ...]", len(s), what, limit), true
+}
 
 // run is the state of one claimed instance in this process.
 type run struct {
@@ -159,9 +209,12 @@ func (rn *run) runStep(ctx, parent context.Context, pos int) bool {
 	log := rn.log.With("step_id", step.ID, "position", pos)
 	rn.env.now = rn.r.cfg.Now()
 	input, inputErr := rn.stepInput(step)
+	input, _ = capText(input, MaxRenderedPrompt, "prompt size") // the record of a refused prompt
 
 	wctx, cancel := writeCtx(parent)
-	err := rn.r.cfg.Store.StartStep(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, pos, input)
+	err := retryWrite(wctx, parent, func() error {
+		return rn.r.cfg.Store.StartStep(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, pos, input)
+	})
 	cancel()
 	if err != nil {
 		rn.storeFailed(log, "start step", err)
@@ -181,6 +234,10 @@ func (rn *run) runStep(ctx, parent context.Context, pos int) bool {
 		cancelStep()
 	}
 	rn.usage = rn.usage.Add(res.usage)
+	if out, cut := capOutput(res.output); cut {
+		log.Info("workflow: step output truncated", "bytes", len(res.output), "limit", MaxStepOutput)
+		res.output = out
+	}
 	if err != nil && ctx.Err() != nil {
 		rn.endStepLog(parent, entry, res)
 		rn.interrupted(ctx, parent, pos)
@@ -191,7 +248,9 @@ func (rn *run) runStep(ctx, parent context.Context, pos int) bool {
 		status, errMsg = StepFailed, err.Error()
 	}
 	wctx, cancel = writeCtx(parent)
-	err = rn.r.cfg.Store.FinishStep(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, pos, status, res.output, errMsg, res.usage)
+	err = retryWrite(wctx, parent, func() error {
+		return rn.r.cfg.Store.FinishStep(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, pos, status, res.output, errMsg, res.usage)
+	})
 	cancel()
 	rn.endStepLog(parent, entry, res)
 	if err != nil {
@@ -259,7 +318,10 @@ func (rn *run) finish(parent context.Context, status, errMsg string) {
 	wctx, cancel := writeCtx(parent)
 	defer cancel()
 	rn.endWorkflowLog(wctx)
-	if err := rn.r.cfg.Store.FinishInstance(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, status, errMsg); err != nil {
+	err := retryWrite(wctx, parent, func() error {
+		return rn.r.cfg.Store.FinishInstance(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, status, errMsg)
+	})
+	if err != nil {
 		rn.storeFailed(rn.log, "finish run", err)
 		return
 	}

@@ -97,6 +97,9 @@ type Runner struct {
 	log  *slog.Logger
 	kick chan struct{}
 	m    runnerMetrics
+
+	mu      sync.Mutex
+	running map[string]bool // ids of the instances this runner is running now
 }
 
 type runnerMetrics struct {
@@ -146,7 +149,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	r := &Runner{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1)}
+	r := &Runner{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), running: map[string]bool{}}
 	r.m = runnerMetrics{
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inboxd_workflow_runs_total",
@@ -279,16 +282,45 @@ func (r *Runner) claimWhileFree(ctx, workCtx context.Context, slots chan struct{
 			}
 			return
 		}
+		if !r.startRunning(inst.ID) {
+			// The claim on a run under way here ran out while it could not
+			// be renewed (the database was away), and this runner claimed
+			// the run again: a second execution under the same owner would
+			// repeat its steps unnoticed. The claim renewed the lease; the
+			// run's own heartbeat keeps it.
+			r.log.Info("workflow: claimed a run already under way here; it goes on once", "instance_id", inst.ID)
+			<-slots
+			return // claim more at the next kick or tick
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() {
+				r.stopRunning(inst.ID)
 				<-slots
 				r.Kick()
 			}()
 			r.execute(workCtx, inst, steps)
 		}()
 	}
+}
+
+// startRunning records that this runner runs instance id; false if it
+// already does.
+func (r *Runner) startRunning(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.running[id] {
+		return false
+	}
+	r.running[id] = true
+	return true
+}
+
+func (r *Runner) stopRunning(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.running, id)
 }
 
 // Causes of the end of a run's context other than the runner's shutdown.

@@ -27,12 +27,18 @@ const noLLMMessage = "no LLM configured: set llm_model/llm_api_key in settings"
 
 // stepInput renders what the step works on: the system prompt (llm,
 // agent), the arguments (tool), a description of the check (stop_checker).
+// A prompt over MaxRenderedPrompt is returned with an ErrPromptTooLarge.
 func (rn *run) stepInput(step Step) (string, error) {
 	switch step.Kind {
 	case KindLLM, KindAgent:
-		return render(step.SystemPrompt, &rn.env), nil
+		prompt := render(step.SystemPrompt, &rn.env)
+		return prompt, checkPromptSize("system prompt", prompt, rn.userMessage())
 	case KindTool:
-		return renderArguments(step.Arguments, &rn.env)
+		args, err := renderArguments(step.Arguments, &rn.env)
+		if err != nil {
+			return "", err
+		}
+		return args, checkPromptSize("tool arguments", args, "")
 	case KindStopChecker:
 		return fmt.Sprintf("%s %q in the output of step %s", step.Mode, step.MatchValues, step.StepToCheck), nil
 	}
@@ -228,10 +234,11 @@ func (rn *run) callTool(ctx context.Context, step Step, c llm.ToolCall, enabled 
 	if err != nil {
 		return "error: " + err.Error()
 	}
+	text, _ := capOutput(toolText(result.Content))
 	if result.IsError {
-		return "error: " + toolText(result.Content)
+		return "error: " + text
 	}
-	return toolText(result.Content)
+	return text
 }
 
 func toolMessage(c llm.ToolCall, content string) llm.Message {
@@ -258,7 +265,7 @@ func (rn *run) execTool(ctx context.Context, step Step, args string, res *stepRe
 	if err != nil {
 		return fmt.Errorf("tool %s: %w", step.Tool, err)
 	}
-	text := toolText(result.Content)
+	text, _ := capOutput(toolText(result.Content))
 	res.messages = append(res.messages, toolMessage(call, text))
 	if result.IsError {
 		return fmt.Errorf("tool %s answered with an error: %s", step.Tool, text)
@@ -341,10 +348,14 @@ func (rn *run) gate(ctx context.Context) (pass bool, reason string, err error) {
 			rn.log.Warn("workflow: write trigger check log", "error", err)
 		}
 	}()
+	system := render(t.TriggerPrompt, &rn.env) + gateInstruction
+	if err := checkPromptSize("trigger prompt", system, rn.userMessage()); err != nil {
+		return false, "", err
+	}
 	model, ep, err := rn.endpoint(t.TriggerModel)
 	res.model = model
 	res.messages = []llm.Message{
-		{Role: llm.RoleSystem, Content: render(t.TriggerPrompt, &rn.env) + gateInstruction},
+		{Role: llm.RoleSystem, Content: system},
 		{Role: llm.RoleUser, Content: rn.userMessage()},
 	}
 	if err != nil {
