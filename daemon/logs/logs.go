@@ -55,6 +55,8 @@ type Entry struct {
 	TotalTokens        int             `json:"total_tokens"`
 	TotalCost          float64         `json:"total_cost"`
 	Model              string          `json:"model,omitempty"`
+	// Error is why the step, trigger check or run failed; empty otherwise.
+	Error string `json:"error,omitempty"`
 }
 
 var (

@@ -29,7 +29,7 @@ func NewStore(db *sqldb.DB) *Store { return &Store{db: db} }
 
 const columns = "id, user_id, reference_string, log_type, workflow_id, workflow_instance_id, workflow_name, " +
 	"step_id, step_instance_id, step_name, messages, needs_review, feedback, start_time, end_time, " +
-	"prompt_tokens, completion_tokens, total_tokens, total_cost, model"
+	"prompt_tokens, completion_tokens, total_tokens, total_cost, model, error"
 
 // newest is the order of List and of Grouped's parents; the keyset of the cursor.
 const newest = " ORDER BY start_time DESC, id DESC"
@@ -90,7 +90,7 @@ func scanEntry(row scanner) (Entry, error) {
 	)
 	if err := row.Scan(&e.ID, &uid, &e.ReferenceString, &e.LogType, &e.WorkflowID, &e.WorkflowInstanceID,
 		&e.WorkflowName, &e.StepID, &e.StepInstanceID, &e.StepName, &msg, &e.NeedsReview, &e.Feedback,
-		&e.StartTime, &end, &e.PromptTokens, &e.CompletionTokens, &e.TotalTokens, &e.TotalCost, &e.Model); err != nil {
+		&e.StartTime, &end, &e.PromptTokens, &e.CompletionTokens, &e.TotalTokens, &e.TotalCost, &e.Model, &e.Error); err != nil {
 		return Entry{}, err
 	}
 	id, err := userid.Parse(uid)
@@ -135,10 +135,10 @@ func (s *Store) Insert(ctx context.Context, user userid.ID, e Entry) (Entry, err
 	if !e.EndTime.IsZero() {
 		e.EndTime = stamp(e.EndTime)
 	}
-	_, err = s.db.ExecContext(ctx, s.db.Rebind("INSERT INTO logs ("+columns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+	_, err = s.db.ExecContext(ctx, s.db.Rebind("INSERT INTO logs ("+columns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 		e.ID, user.String(), e.ReferenceString, e.LogType, e.WorkflowID, e.WorkflowInstanceID, e.WorkflowName,
 		e.StepID, e.StepInstanceID, e.StepName, msgs, e.NeedsReview, e.Feedback, e.StartTime, nullTime(e.EndTime),
-		e.PromptTokens, e.CompletionTokens, e.TotalTokens, e.TotalCost, e.Model)
+		e.PromptTokens, e.CompletionTokens, e.TotalTokens, e.TotalCost, e.Model, e.Error)
 	if s.db.IsUniqueViolation(err) {
 		return Entry{}, fmt.Errorf("logs: insert %s: %w", e.ID, ErrExists)
 	}
@@ -149,7 +149,7 @@ func (s *Store) Insert(ctx context.Context, user userid.ID, e Entry) (Entry, err
 }
 
 // Update records the outcome of the user's row e.ID: end time (zero: NULL),
-// messages (nil: left as they are), tokens, cost and model. Another user's
+// messages (nil: left as they are), tokens, cost, model and error. Another user's
 // row, an unknown or a malformed id is ErrNotFound.
 func (s *Store) Update(ctx context.Context, user userid.ID, e Entry) error {
 	if err := user.Check(); err != nil {
@@ -168,9 +168,9 @@ func (s *Store) Update(ctx context.Context, user userid.ID, e Entry) error {
 		msgs = sql.NullString{String: m, Valid: true}
 	}
 	res, err := s.db.ExecContext(ctx, s.db.Rebind(`UPDATE logs SET end_time = ?, messages = COALESCE(?, messages),
-		prompt_tokens = ?, completion_tokens = ?, total_tokens = ?, total_cost = ?, model = ?
+		prompt_tokens = ?, completion_tokens = ?, total_tokens = ?, total_cost = ?, model = ?, error = ?
 		WHERE id = ? AND user_id = ?`),
-		nullTime(e.EndTime), msgs, e.PromptTokens, e.CompletionTokens, e.TotalTokens, e.TotalCost, e.Model,
+		nullTime(e.EndTime), msgs, e.PromptTokens, e.CompletionTokens, e.TotalTokens, e.TotalCost, e.Model, e.Error,
 		id, user.String())
 	return affectedOne(res, err, "update "+id)
 }

@@ -209,6 +209,24 @@ func TestRunnerLLMFaults(t *testing.T) {
 			if got := rowUsage(run); got != tc.runUsage {
 				t.Errorf("workflow row usage %+v, want %+v", got, tc.runUsage)
 			}
+			// The error is in the log rows: the run's on the workflow row,
+			// the provider's on the row of the step (or check) that failed,
+			// none on the others.
+			wantRunErr := ""
+			if tc.status == StatusFailed {
+				wantRunErr = inst.Error
+			}
+			if run.Error != wantRunErr {
+				t.Errorf("workflow row error %q, want %q", run.Error, wantRunErr)
+			}
+			for i, row := range rows[:len(rows)-1] {
+				switch failed := i == 0 && tc.status == StatusFailed; {
+				case failed && !strings.Contains(row.Error, tc.wantErr[len(tc.wantErr)-1]):
+					t.Errorf("the failed %s row's error %q does not contain %q", row.LogType, row.Error, tc.wantErr[len(tc.wantErr)-1])
+				case !failed && row.Error != "":
+					t.Errorf("%s row error %q, want none", row.LogType, row.Error)
+				}
+			}
 			for i, want := range tc.rowUsage {
 				row := rows[len(rows)-2-i]
 				if got := rowUsage(row); row.EndTime.IsZero() || got != want {

@@ -239,7 +239,7 @@ func (rn *run) runStep(ctx, parent context.Context, pos int) bool {
 		res.output = out
 	}
 	if err != nil && ctx.Err() != nil {
-		rn.endStepLog(parent, entry, res)
+		rn.endStepLog(parent, entry, res, "")
 		rn.interrupted(ctx, parent, pos)
 		return false
 	}
@@ -252,7 +252,7 @@ func (rn *run) runStep(ctx, parent context.Context, pos int) bool {
 		return rn.r.cfg.Store.FinishStep(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, pos, status, res.output, errMsg, res.usage)
 	})
 	cancel()
-	rn.endStepLog(parent, entry, res)
+	rn.endStepLog(parent, entry, res, errMsg)
 	if err != nil {
 		rn.storeFailed(log, "finish step", err)
 		return false
@@ -317,7 +317,11 @@ func (rn *run) interrupted(ctx, parent context.Context, pos int) {
 func (rn *run) finish(parent context.Context, status, errMsg string) {
 	wctx, cancel := writeCtx(parent)
 	defer cancel()
-	rn.endWorkflowLog(wctx)
+	logErr := ""
+	if status == StatusFailed {
+		logErr = errMsg // a stopped run's message is the stop checker's output, not an error
+	}
+	rn.endWorkflowLog(wctx, logErr)
 	err := retryWrite(wctx, parent, func() error {
 		return rn.r.cfg.Store.FinishInstance(wctx, rn.user, rn.inst.ID, rn.r.cfg.Owner, status, errMsg)
 	})
@@ -391,14 +395,15 @@ func (rn *run) startWorkflowLog(ctx context.Context) {
 	rn.inst.LogID = e.ID
 }
 
-// endWorkflowLog completes the workflow row with the end time and the run's
-// token totals.
-func (rn *run) endWorkflowLog(ctx context.Context) {
+// endWorkflowLog completes the workflow row with the end time, the run's
+// token totals and, for a failed run, why.
+func (rn *run) endWorkflowLog(ctx context.Context, errMsg string) {
 	if rn.inst.LogID == "" {
 		return
 	}
 	e := rn.workflowEntry()
 	e.EndTime = rn.r.cfg.Now().UTC()
+	e.Error = errMsg
 	setUsage(&e, rn.usage)
 	if err := rn.r.cfg.Logs.Update(ctx, rn.user, e); err != nil {
 		rn.log.Warn("workflow: update workflow log", "error", err)
@@ -436,10 +441,11 @@ func (rn *run) startStepLog(ctx context.Context, step Step, sr *StepRun) logs.En
 	return inserted
 }
 
-// endStepLog completes the step's row with the conversation, tokens and
-// model (inserting it if the start failed).
-func (rn *run) endStepLog(ctx context.Context, e logs.Entry, res stepResult) {
+// endStepLog completes the step's row with the conversation, tokens, model
+// and the step's error, if it failed (inserting the row if the start failed).
+func (rn *run) endStepLog(ctx context.Context, e logs.Entry, res stepResult, errMsg string) {
 	e.EndTime = rn.r.cfg.Now().UTC()
+	e.Error = errMsg
 	e.Messages = messagesJSON(res.messages)
 	e.Model = res.model
 	setUsage(&e, res.usage)

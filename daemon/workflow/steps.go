@@ -105,7 +105,7 @@ func (rn *run) execLLM(ctx context.Context, step Step, prompt string, res *stepR
 	}
 	resp, err := rn.r.cfg.LLM.Chat(ctx, llm.Request{Endpoint: ep, Model: model, Messages: slices.Clip(res.messages)})
 	if err != nil {
-		return fmt.Errorf("llm: %w", err)
+		return err // the client's error names the model and endpoint
 	}
 	res.usage = resp.Usage
 	msg := resp.Message
@@ -137,7 +137,7 @@ func (rn *run) execAgent(ctx context.Context, step Step, prompt string, res *ste
 	for cycle := 1; ; cycle++ {
 		resp, err := rn.r.cfg.LLM.Chat(ctx, llm.Request{Endpoint: ep, Model: model, Messages: slices.Clip(res.messages), Tools: defs})
 		if err != nil {
-			return fmt.Errorf("llm: %w", err)
+			return err
 		}
 		res.usage = res.usage.Add(resp.Usage)
 		msg := resp.Message
@@ -339,6 +339,9 @@ func (rn *run) gate(ctx context.Context) (pass bool, reason string, err error) {
 	defer func() {
 		rn.usage = rn.usage.Add(res.usage)
 		entry.EndTime = rn.r.cfg.Now().UTC()
+		if err != nil {
+			entry.Error = err.Error()
+		}
 		entry.Messages = messagesJSON(res.messages)
 		setUsage(&entry, res.usage)
 		entry.Model = res.model
@@ -365,7 +368,7 @@ func (rn *run) gate(ctx context.Context) (pass bool, reason string, err error) {
 	defer cancel()
 	resp, err = rn.r.cfg.LLM.Chat(gctx, llm.Request{Endpoint: ep, Model: model, Messages: slices.Clip(res.messages), JSONObject: true})
 	if err != nil {
-		return false, "", fmt.Errorf("llm: %w", err)
+		return false, "", err
 	}
 	res.usage = resp.Usage
 	msg := resp.Message
