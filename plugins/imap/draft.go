@@ -393,7 +393,16 @@ func readSent(c *imapclient.Client, folder string) (sentMail, error) {
 func fetchHeader(c *imapclient.Client, uid imap.UID) (*mail.Message, bool, error) {
 	section := &imap.FetchItemBodySection{Specifier: imap.PartSpecifierHeader, Peek: true}
 	cmd := c.Fetch(imap.UIDSetNum(uid), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{section}})
-	defer cmd.Close()
+	// After a failed literal read the connection failed under it and go-imap's
+	// reader goroutine has moved on: closing the command would drain the
+	// literal concurrently with it (a data race). Leave it; the caller
+	// discards the connection (as daemon/mail's fetches do).
+	abandoned := false
+	defer func() {
+		if !abandoned {
+			cmd.Close()
+		}
+	}()
 	var raw []byte
 	found := false
 	for {
@@ -415,6 +424,7 @@ func fetchHeader(c *imapclient.Client, uid imap.UID) (*mail.Message, bool, error
 				if item.Literal != nil {
 					var err error
 					if b, err = io.ReadAll(io.LimitReader(item.Literal, headerFetchMax)); err != nil {
+						abandoned = true
 						return nil, false, fmt.Errorf("fetch header: %w", err)
 					}
 				}
