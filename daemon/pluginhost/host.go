@@ -519,7 +519,11 @@ func (h *Host) Call(ctx context.Context, call tools.Call) (tools.Result, error) 
 	h.metrics.duration.WithLabelValues(pname).Observe(time.Since(start).Seconds())
 	// Answered: a result, or an error the tool's handler returned (the
 	// SDK sends it as Unknown); the process served the call.
-	m.callEnded(probe, err == nil || status.Code(err) == codes.Unknown)
+	answered := err == nil || status.Code(err) == codes.Unknown
+	if answered {
+		p.answered.Store(true)
+	}
+	m.callEnded(probe, answered)
 	if err != nil {
 		result, cerr := h.callError(ctx, deadline, m, p, call.Tool, err)
 		h.metrics.calls.WithLabelValues(pname, tname, result).Inc()

@@ -580,3 +580,42 @@ func TestRescan(t *testing.T) {
 		t.Errorf("the removed plugin's process %d is still there", old.pid)
 	}
 }
+
+// TestBackoffResetsAfterAnsweredCalls: a plugin killed now and then, after
+// serving calls, restarts after the minimum backoff every time; the backoff
+// grows only for a plugin that crashes without answering (left to the
+// circuit breaker). Without the reset, a plugin killed once a minute was
+// down for longer each time (0.5 s, 1 s, ... 1 m: the soak's finding).
+func TestBackoffResetsAfterAnsweredCalls(t *testing.T) {
+	e := startHost(t, []string{"test"}, nil, func(c *Config) {
+		c.MinBackoff = 100 * time.Millisecond
+		c.MaxBackoff = 10 * time.Second
+	})
+	m := e.managed("test")
+	for i := range 4 {
+		p, _ := m.current()
+		if got := mustCall(t, e, alice, "test-echo", map[string]string{"text": "served"}); got["text"] != "served" {
+			t.Fatalf("kill %d: call before: %v", i, got)
+		}
+		if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitRunning(t, m, p)
+	}
+	var waits []string
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "plugin crashed; restarting" {
+			w, _ := rec["retry_in"].(string)
+			waits = append(waits, w)
+		}
+	}
+	if len(waits) != 4 {
+		t.Fatalf("%d restarts logged, want 4: %v", len(waits), waits)
+	}
+	for i, w := range waits {
+		if w != "100ms" {
+			t.Errorf("restart %d waited %s, want the minimum backoff (100ms) after a plugin that served calls", i+1, w)
+		}
+	}
+}

@@ -22,7 +22,8 @@ import (
 	"github.com/inboxd/inboxd/sdk/pluginpb"
 )
 
-// stableAfter is how long a plugin must run before its restart backoff resets.
+// stableAfter is how long a plugin must run before its restart backoff
+// resets (at once if it answered a call).
 const stableAfter = time.Minute
 
 // managed is one plugin and its supervisor: at most one process at a time.
@@ -92,6 +93,10 @@ type proc struct {
 	done   <-chan struct{} // closed when the process has exited
 	pid    int
 	desc   *description
+	// answered: the process served at least one call. A plugin that crashes
+	// after serving calls (killed now and then) restarts without a grown
+	// backoff; one that never answers is left to the circuit breaker.
+	answered atomic.Bool
 }
 
 func (p *proc) exited() bool {
@@ -325,7 +330,7 @@ func (m *managed) supervise(ctx context.Context) {
 				return
 			}
 			m.h.metrics.restarts.WithLabelValues(m.src.name).Inc()
-			if time.Since(started) >= stableAfter {
+			if time.Since(started) >= stableAfter || p.answered.Load() {
 				backoff = m.h.cfg.MinBackoff
 			}
 			if until, open := m.failed(time.Now(), false); open {
