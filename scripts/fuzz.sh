@@ -4,7 +4,8 @@
 #
 #   scripts/fuzz.sh [DIR...]             default: the whole module
 #   FUZZTIME=60s scripts/fuzz.sh         budget per target (default 5s; also
-#                                        a count of runs, e.g. 10000x)
+#                                        a count of runs, e.g. 10000x, as
+#                                        make test uses: see go.dev/issue/75804)
 #   FUZZMINIMIZETIME=30s                 time to shrink an input (default 5s)
 #
 # `make test` runs it with a short budget, `make fuzz` with a longer one.
@@ -58,10 +59,20 @@ for t in "${targets[@]}"; do
 		fi
 	fi
 	cp "$tmp/build.log" "$log"
+	corpus=$pkg/testdata/fuzz/$name
+	files() { if [ -d "$corpus" ]; then find "$corpus" -type f | wc -l; else echo 0; fi; }
+	before=$(files)
 	if [ -x "$bin" ] && (cd "$pkg" && "$bin" -test.run='^$' -test.fuzz="^${name}\$" \
 		-test.fuzztime="$FUZZTIME" -test.fuzzminimizetime="$FUZZMINIMIZETIME" \
 		-test.fuzzcachedir="$cache/$importpath") >"$log" 2>&1; then
 		printf 'ok    %-28s %-30s %3ds\n' "$name" "$pkg" $((SECONDS - t0))
+	elif [ "$(files)" = "$before" ] &&
+		grep -q '^    context deadline exceeded$' "$log" && ! grep -q 'Failing input written' "$log"; then
+		# Go 1.26's fuzz coordinator can report its own -fuzztime deadline
+		# as a failure, with no failing input (go.dev/issue/75804, fixed in
+		# Go 1.27). Not a finding: say so and go on. (A count budget, such
+		# as make test's, never meets it.)
+		printf 'ok    %-28s %-30s %3ds  (duration ended in go.dev/issue/75804; no failing input)\n' "$name" "$pkg" $((SECONDS - t0))
 	else
 		printf 'FAIL  %-28s %-30s %3ds\n' "$name" "$pkg" $((SECONDS - t0))
 		sed 's/^/      /' "$log" | grep -v '^      fuzz: elapsed' | tail -n 40
