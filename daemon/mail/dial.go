@@ -323,10 +323,12 @@ func (d *dialer) dial(ctx context.Context, opts DialOptions) (*imapclient.Client
 		if err := tconn.HandshakeContext(ctx); err != nil {
 			return fail(nil, d.stageError(ctx, "tls", err))
 		}
-		c = imapclient.New(rec.wrap(tconn), clientOpts)
+		c = imapclient.New(guardLines(rec.wrap(tconn), maxResponseLine), clientOpts)
 	case SecurityStartTLS:
 		// NewStartTLS waits for the greeting, sends STARTTLS and does the
-		// handshake; it closes conn itself on failure.
+		// handshake; it closes conn itself on failure. Its TLS layer is
+		// inside imapclient, so its responses cannot be guarded
+		// (see maxResponseLine).
 		c, err = imapclient.NewStartTLS(rec.wrap(conn), clientOpts)
 		if err != nil {
 			if !rec.greetedOK() {
@@ -335,7 +337,7 @@ func (d *dialer) dial(ctx context.Context, opts DialOptions) (*imapclient.Client
 			return fail(nil, d.stageError(ctx, "starttls", err))
 		}
 	default:
-		c = imapclient.New(rec.wrap(conn), clientOpts)
+		c = imapclient.New(guardLines(rec.wrap(conn), maxResponseLine), clientOpts)
 	}
 
 	if err := c.WaitGreeting(); err != nil {

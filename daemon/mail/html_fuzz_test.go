@@ -22,7 +22,9 @@ var completeTag = regexp.MustCompile(`(?i)</?[a-z][^<>'"]*>`)
 // Seed corpus: testdata/fuzz/FuzzHTMLToTextMarkup.
 func FuzzHTMLToTextMarkup(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
-		lower := strings.ToLower(s)
+		// HTMLToText drops invisible characters first, so "</scr\x05ipt" ends
+		// a script there: the closing-tag check sees what it sees.
+		lower := strings.ToLower(stripInvisible(s))
 		for _, el := range []string{"script", "style"} {
 			if strings.Contains(lower, "</"+el) {
 				continue

@@ -451,12 +451,18 @@ func TestTriggerStateRereadOnNewHolding(t *testing.T) {
 	defer func() { stop(); <-done }()
 
 	waitFor(t, "baseline", 5*time.Second, f.baselined(id))
-	srv.deliver(t, "u1", message(1, "c@example.com", "first"))
-	waitFor(t, "the first mail's instance", 5*time.Second, func() bool { return len(f.instances(t, id, wf)) == 1 })
-	last, err := f.kv.Get(ctx, id.Key("last_email_uid"))
+	baseline, err := f.kv.Get(ctx, id.Key("last_email_uid"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.deliver(t, "u1", message(1, "c@example.com", "first"))
+	waitFor(t, "the first mail's instance", 5*time.Second, func() bool { return len(f.instances(t, id, wf)) == 1 })
+	// The state advances just after the instance is created.
+	var last string
+	waitFor(t, "the state to advance past the first mail", 5*time.Second, func() bool {
+		last, _ = f.kv.Get(ctx, id.Key("last_email_uid"))
+		return last != baseline
+	})
 
 	// Another replica takes the lease, handles the second mail and advances
 	// the state; the poller must stop polling meanwhile.
