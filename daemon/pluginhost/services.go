@@ -144,12 +144,19 @@ func (s *hostService) kvKey(c capability, key string) (string, error) {
 	return c.user.Key(pluginKeyPrefix + s.plugin + ":" + key), nil
 }
 
-func (s *hostService) KVGet(ctx context.Context, req *pluginpb.KVGetRequest) (*pluginpb.KVGetResponse, error) {
+// pluginKV returns the KV store and the calling user's key for a plugin
+// KV request (see kvKey).
+func (s *hostService) pluginKV(ctx context.Context, key string) (kv.Store, string, error) {
 	store := s.h.cfg.Services.KV
 	if store == nil {
-		return nil, unconfigured("KV store")
+		return nil, "", unconfigured("KV store")
 	}
-	key, err := s.kvKey(capFrom(ctx), req.GetKey())
+	k, err := s.kvKey(capFrom(ctx), key)
+	return store, k, err
+}
+
+func (s *hostService) KVGet(ctx context.Context, req *pluginpb.KVGetRequest) (*pluginpb.KVGetResponse, error) {
+	store, key, err := s.pluginKV(ctx, req.GetKey())
 	if err != nil {
 		return nil, err
 	}
@@ -164,11 +171,7 @@ func (s *hostService) KVGet(ctx context.Context, req *pluginpb.KVGetRequest) (*p
 }
 
 func (s *hostService) KVSet(ctx context.Context, req *pluginpb.KVSetRequest) (*pluginpb.KVSetResponse, error) {
-	store := s.h.cfg.Services.KV
-	if store == nil {
-		return nil, unconfigured("KV store")
-	}
-	key, err := s.kvKey(capFrom(ctx), req.GetKey())
+	store, key, err := s.pluginKV(ctx, req.GetKey())
 	if err != nil {
 		return nil, err
 	}
@@ -182,11 +185,7 @@ func (s *hostService) KVSet(ctx context.Context, req *pluginpb.KVSetRequest) (*p
 }
 
 func (s *hostService) KVDelete(ctx context.Context, req *pluginpb.KVDeleteRequest) (*pluginpb.KVDeleteResponse, error) {
-	store := s.h.cfg.Services.KV
-	if store == nil {
-		return nil, unconfigured("KV store")
-	}
-	key, err := s.kvKey(capFrom(ctx), req.GetKey())
+	store, key, err := s.pluginKV(ctx, req.GetKey())
 	if err != nil {
 		return nil, err
 	}
