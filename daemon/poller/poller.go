@@ -124,9 +124,9 @@ type Poller struct {
 	log       *slog.Logger
 	m         *metrics
 
-	workers  chan struct{} // the bounded pool: one token per poll in flight
-	interval atomic.Int64  // Config.Interval, changeable live (SIGHUP)
-	share    atomic.Int64  // the most leases this replica holds (balancing)
+	runq     *runQueue    // due tenants, for the Config.Workers workers
+	interval atomic.Int64 // Config.Interval, changeable live (SIGHUP)
+	share    atomic.Int64 // the most leases this replica holds (balancing)
 
 	mu      sync.Mutex
 	hosts   map[string]chan struct{} // per-host caps
@@ -141,12 +141,12 @@ func New(cfg Config, store kv.Store, wf Workflows, st Settings, inbox Inbox, log
 	}
 	p := &Poller{
 		cfg: cfg, kv: store, workflows: wf, settings: st, inbox: inbox, log: logger,
-		workers: make(chan struct{}, cfg.Workers),
 		hosts:   map[string]chan struct{}{},
 		tenants: map[userid.ID]*tenant{},
 	}
 	p.interval.Store(int64(cfg.Interval))
 	p.m = newMetrics(reg, p)
+	p.runq = newRunQueue(p.m.queued)
 	return p, nil
 }
 
@@ -161,17 +161,42 @@ func (p *Poller) SetInterval(d time.Duration) {
 	}
 }
 
-// Run discovers tenants every Refresh and runs one loop per tenant until ctx
-// ends; it returns after every tenant loop has stopped and released its lease.
+// Run discovers tenants every Refresh and polls them on Config.Workers
+// workers until ctx ends; it returns after every poll has ended and every
+// tenant has released its lease.
 func (p *Poller) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
+	var workers, stops sync.WaitGroup
+	for range p.cfg.Workers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for {
+				t, ok := p.runq.pop()
+				if !ok {
+					return
+				}
+				t.poll()
+			}
+		}()
+	}
 	defer func() {
 		p.mu.Lock()
-		for _, t := range p.tenants {
-			t.cancel()
-		}
+		stopping := p.tenants
+		p.tenants = map[userid.ID]*tenant{}
 		p.mu.Unlock()
-		wg.Wait()
+		for _, t := range stopping {
+			t.cancel() // polls in flight end now
+		}
+		p.runq.close()
+		workers.Wait()
+		for _, t := range stopping {
+			stops.Add(1)
+			go func() {
+				defer stops.Done()
+				t.stop()
+			}()
+		}
+		stops.Wait()
 	}()
 	defer p.leaveReplicas()
 	tick := time.NewTicker(min(p.cfg.Refresh, p.cfg.LeaseTTL/3))
@@ -179,7 +204,7 @@ func (p *Poller) Run(ctx context.Context) error {
 	lastDiscover := time.Time{}
 	for {
 		if time.Since(lastDiscover) >= p.cfg.Refresh {
-			if err := p.discover(ctx, &wg); err != nil && ctx.Err() == nil {
+			if err := p.discover(ctx, &stops); err != nil && ctx.Err() == nil {
 				p.log.Error("poller: discover tenants", "error", err)
 			}
 			lastDiscover = time.Now()
@@ -268,9 +293,10 @@ func (p *Poller) leaveReplicas() {
 	}
 }
 
-// discover starts a loop for each new eligible user, restarts one whose IMAP
-// account changed, and stops the loops of users no longer eligible.
-func (p *Poller) discover(ctx context.Context, wg *sync.WaitGroup) error {
+// discover starts each new eligible user, restarts one whose IMAP account
+// changed, and stops users no longer eligible (stops counts the stops in
+// flight).
+func (p *Poller) discover(ctx context.Context, stops *sync.WaitGroup) error {
 	ids, err := p.workflows.UsersWithActiveTrigger(ctx, workflow.TriggerNewEmail)
 	if err != nil {
 		return err
@@ -290,23 +316,21 @@ func (p *Poller) discover(ctx context.Context, wg *sync.WaitGroup) error {
 	defer p.mu.Unlock()
 	for id, t := range p.tenants {
 		if acct, ok := want[id]; !ok || acct != t.acct {
-			t.cancel()
 			delete(p.tenants, id)
+			stops.Add(1)
+			go func() {
+				defer stops.Done()
+				t.stop()
+			}()
 		}
 	}
 	for id, acct := range want {
 		if _, ok := p.tenants[id]; ok {
 			continue
 		}
-		tctx, cancel := context.WithCancel(ctx)
-		t := &tenant{p: p, id: id, acct: acct, cancel: cancel, kick: make(chan struct{}, 1), state: StateStarting}
-		t.keeper = &leaseKeeper{t: t, acquired: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
+		t := newTenant(p, ctx, id, acct)
 		p.tenants[id] = t
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t.run(tctx)
-		}()
+		t.start()
 	}
 	return nil
 }
@@ -319,6 +343,66 @@ func (p *Poller) Kick(user userid.ID) {
 	if t != nil {
 		t.poke()
 	}
+}
+
+// runQueue is the FIFO of tenants whose poll is due, served by the
+// workers. A tenant is in it at most once (tenant.queued).
+type runQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	items  []*tenant
+	head   int
+	closed bool
+	gauge  prometheus.Gauge // inboxd's polls waiting for a worker
+}
+
+func newRunQueue(gauge prometheus.Gauge) *runQueue {
+	q := &runQueue{gauge: gauge}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+func (q *runQueue) push(t *tenant) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	q.items = append(q.items, t)
+	q.mu.Unlock()
+	q.gauge.Inc()
+	q.cond.Signal()
+}
+
+// pop waits for a due tenant; false once the queue is closed.
+func (q *runQueue) pop() (*tenant, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.head == len(q.items) && !q.closed {
+		q.cond.Wait()
+	}
+	if q.closed {
+		return nil, false
+	}
+	t := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	q.gauge.Dec()
+	return t, true
+}
+
+// close wakes the workers to exit; tenants still queued are dropped (they
+// are being stopped).
+func (q *runQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.gauge.Sub(float64(len(q.items) - q.head))
+	q.items, q.head = nil, 0
+	q.mu.Unlock()
+	q.cond.Broadcast()
 }
 
 // hostSlot returns the semaphore capping polls against one IMAP host.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -547,5 +548,83 @@ func TestIdleConnectionServesPolls(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := len(f.instances(t, a, wf)); n != 3 {
 		t.Errorf("%d instances, want 3", n)
+	}
+}
+
+// quietInbox is an inbox that never has mail and holds no connection: what
+// it costs is the poller's own.
+type quietInbox struct {
+	mu     sync.Mutex
+	polled map[userid.ID]bool
+}
+
+func (q *quietInbox) Status(_ context.Context, user userid.ID, _ mail.Account) (poller.MailboxStatus, error) {
+	q.mu.Lock()
+	q.polled[user] = true
+	q.mu.Unlock()
+	return poller.MailboxStatus{UIDValidity: 1, UIDNext: 1}, nil
+}
+
+func (q *quietInbox) NewUIDs(context.Context, userid.ID, mail.Account, uint32, int) ([]uint32, error) {
+	return nil, nil
+}
+
+func (q *quietInbox) Message(context.Context, userid.ID, mail.Account, uint32) (poller.Message, error) {
+	return poller.Message{}, mail.ErrMessageNotFound
+}
+
+func (q *quietInbox) Watch(context.Context, userid.ID, mail.Account, func()) error {
+	return poller.ErrIdleUnsupported
+}
+
+func (q *quietInbox) users() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.polled)
+}
+
+// TestTenantsCostNoGoroutines: a polled user has no goroutine of its own
+// (its poll clock and lease renewals are timers, its polls run on the
+// worker pool), so memory per tenant is not a set of goroutine stacks grown
+// to the depth of a poll. With one goroutine per tenant loop and one per
+// lease keeper, 200 tenants would add 400.
+func TestTenantsCostNoGoroutines(t *testing.T) {
+	f := newFixture(t)
+	const users = 200
+	srv := server{host: "imap.example.invalid", port: 993}
+	for i := range users {
+		f.user(t, fmt.Sprintf("q%d@example.com", i), srv, "q", "pw", workflow.FilterRules{})
+	}
+	inbox := &quietInbox{polled: map[userid.ID]bool{}}
+	cfg := poller.Config{Owner: "r1", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, Workers: 4}
+	before := runtime.NumGoroutine()
+	p, err := poller.New(cfg, f.kv, f.wf, f.settings, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	waitFor(t, "every user polled", 20*time.Second, func() bool { return inbox.users() == users })
+	most := 0
+	for range 20 { // polls go on meanwhile: a timer's goroutine lives for one callback
+		most = max(most, runtime.NumGoroutine()-before)
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Run's own goroutine, the workers, and a few timer callbacks in flight.
+	if limit := 1 + cfg.Workers + 20; most > limit {
+		t.Errorf("%d tenants added up to %d goroutines; want at most %d (none per tenant)", users, most, limit)
+	}
+	stop()
+	<-done
+	if got := runtime.NumGoroutine() - before; got > 5 {
+		t.Errorf("%d goroutines left after Run returned", got)
+	}
+	ids, err := f.wf.UsersWithActiveTrigger(context.Background(), workflow.TriggerNewEmail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held := leaseHolders(t, f.kv, ids)["r1"]; held != 0 {
+		t.Errorf("%d leases still held after Run returned; a clean stop releases them all", held)
 	}
 }

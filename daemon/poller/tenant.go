@@ -20,31 +20,107 @@ const (
 	StateElsewhere  = "elsewhere"   // another replica holds the lease
 )
 
-// tenant is one polled user: a loop that holds the lease, polls on its own
-// clock (or when kicked by IDLE), and backs off on errors.
+// tenant is one polled user. It has no goroutine of its own: its poll clock
+// and its lease renewals are timers, a due poll waits in the poller's run
+// queue for one of Config.Workers workers, and a renewal runs in its timer's
+// short-lived goroutine. So a waiting tenant costs a few hundred bytes rather
+// than goroutine stacks grown to the depth of a poll (SQLite, IMAP, MIME
+// parsing) and kept until the next one.
 type tenant struct {
 	p      *Poller
 	id     userid.ID
 	acct   mail.Account
+	ctx    context.Context // ends when the tenant is stopped
 	cancel context.CancelFunc
-	kick   chan struct{} // 1-slot: a pending "poll now"
-	keeper *leaseKeeper  // set before the tenant's loop starts
+	keeper *leaseKeeper
 
-	// Owned by the tenant's loop goroutine alone.
+	// Owned by the poll in flight: a tenant is polled by one worker at a
+	// time (queued below), and the run queue's lock orders two polls.
 	trigger     triggerState
 	triggerHold context.Context // the holding trigger was cached under
 
-	mu         sync.Mutex
+	mu      sync.Mutex
+	timer   *time.Timer // fires due
+	next    time.Time   // when the next poll is due
+	queued  bool        // in the run queue or being polled
+	again   bool        // poll once more as soon as the current poll ends
+	stopped bool
+
 	state      string
 	failures   int
 	lastStatus time.Time // when the status was last written to the KV
 	status     Status
 }
 
+func newTenant(p *Poller, ctx context.Context, id userid.ID, acct mail.Account) *tenant {
+	t := &tenant{p: p, id: id, acct: acct, state: StateStarting}
+	t.ctx, t.cancel = context.WithCancel(ctx)
+	t.keeper = &leaseKeeper{t: t}
+	return t
+}
+
+// start arms the tenant's clocks. The first poll is spread over one
+// interval's jitter so that a restart does not poll every inbox in the same
+// second; it happens once the lease is held.
+func (t *tenant) start() {
+	delay := time.Duration(float64(t.p.Interval()) * t.p.cfg.Jitter * rand.Float64())
+	t.mu.Lock()
+	t.next = time.Now().Add(delay)
+	t.timer = time.AfterFunc(delay, t.due)
+	t.mu.Unlock()
+	t.keeper.start()
+}
+
+// stop ends the tenant: no poll or renewal starts after it, the renewal in
+// flight has ended, and the lease is released. A poll in flight is
+// cancelled (its context ends) and finished by its worker.
+func (t *tenant) stop() {
+	t.cancel()
+	t.mu.Lock()
+	t.stopped = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.mu.Unlock()
+	t.keeper.stop()
+}
+
+// due queues the tenant for a worker, unless it is queued already.
+func (t *tenant) due() {
+	t.mu.Lock()
+	if t.stopped || t.queued {
+		t.mu.Unlock()
+		return
+	}
+	t.queued = true
+	t.mu.Unlock()
+	t.p.runq.push(t)
+}
+
+// poke asks for a poll now (IDLE saw a change, or Kick).
 func (t *tenant) poke() {
-	select {
-	case t.kick <- struct{}{}:
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.stopped:
+	case t.queued:
+		t.again = true
 	default:
+		t.timer.Reset(0)
+	}
+}
+
+// leaseTaken: the lease was just taken; poll when due (at once if the poll
+// fell due meanwhile).
+func (t *tenant) leaseTaken() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.stopped:
+	case t.queued:
+		t.again = true // the poll in flight may have found the lease not held
+	default:
+		t.timer.Reset(max(0, time.Until(t.next)))
 	}
 }
 
@@ -54,68 +130,61 @@ func (t *tenant) getState() string {
 	return t.state
 }
 
-// run is the tenant's loop. A lease keeper (its own goroutine) takes the
-// lease, renews it every LeaseTTL/3 whatever the polls are doing, and keeps
-// a holding context that ends the moment the lease may have expired; every
-// poll (and the IDLE watcher) runs under that context, so a replica never
-// polls a user it does not hold — even while a slow poll or a wait for a
-// worker outlasts a renewal. The lease is released on exit so that another
-// replica takes over at once on a clean shutdown.
-func (t *tenant) run(ctx context.Context) {
+// poll runs one due poll on a worker and arms the next. Every poll (and the
+// IDLE watcher) runs under the lease keeper's holding context, which ends
+// the moment the lease may have expired: a replica never polls a user it
+// does not hold, even while a slow poll or a wait for a host slot outlasts
+// a renewal.
+func (t *tenant) poll() {
 	p := t.p
 	renewEvery := p.cfg.LeaseTTL / 3
-	keeper := t.keeper
-	keeperDone := make(chan struct{})
-	go func() {
-		defer close(keeperDone)
-		keeper.run(ctx, renewEvery)
-	}()
-	defer func() { <-keeperDone }()
-
-	// The first poll of a tenant is spread over one interval's jitter so that
-	// a restart does not poll every inbox in the same second.
-	next := time.Now().Add(time.Duration(float64(p.Interval()) * p.cfg.Jitter * rand.Float64()))
-	pollTimer := time.NewTimer(time.Until(next))
-	defer pollTimer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-keeper.acquired:
-			// Held now: poll when due (at once if it fell due meanwhile).
-			pollTimer.Reset(max(0, time.Until(next)))
-			continue
-		case <-t.kick:
-		case <-pollTimer.C:
-		}
-		held := keeper.holding()
-		if held == nil {
+	t.mu.Lock()
+	scheduled, stopped := t.next, t.stopped
+	t.mu.Unlock()
+	wait, polled := renewEvery, false
+	if !stopped {
+		if held := t.keeper.holding(); held == nil {
 			t.setState(StateElsewhere)
-			pollTimer.Reset(renewEvery)
-			continue
+		} else {
+			wait, polled = t.pollSlot(held, scheduled), true
+			if held.Err() != nil {
+				wait = renewEvery // the lease ended during the poll: nothing was recorded
+			}
 		}
-		wait := t.pollSlot(held, next)
-		if ctx.Err() != nil {
-			return
-		}
-		if held.Err() != nil {
-			wait = renewEvery // the lease ended during the poll: nothing was recorded
-		}
-		next = time.Now().Add(wait)
-		pollTimer.Reset(wait)
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.queued = false
+	if t.stopped {
+		return
+	}
+	if t.again {
+		t.again, wait = false, 0
+	}
+	if polled {
+		t.next = time.Now().Add(wait)
+	}
+	t.timer.Reset(wait)
 }
 
-// leaseKeeper holds lease:poll:{uuid} for a tenant.
+// leaseKeeper holds lease:poll:{uuid} for a tenant: it takes the lease,
+// renews it every LeaseTTL/3 whatever the polls are doing, and keeps a
+// holding context that ends the moment the lease may have expired. The
+// lease is released when the tenant stops, so that another replica takes
+// over at once on a clean shutdown.
 type leaseKeeper struct {
-	t        *tenant
-	acquired chan struct{} // 1-slot: the lease was just taken
-	retry    chan struct{} // 1-slot: try to take the lease now
+	t *tenant
 
-	mu     sync.Mutex
-	hold   context.Context    // nil or ended: not held
-	cancel context.CancelFunc // ends hold
-	expiry *time.Timer        // ends hold when the lease may have expired
+	mu       sync.Mutex
+	hold     context.Context    // nil or ended: not held
+	cancel   context.CancelFunc // ends hold
+	expiry   *time.Timer        // ends hold when the lease may have expired
+	until    time.Time          // when the lease may expire, if it is ours
+	timer    *time.Timer        // fires tick
+	ticking  bool               // a tick is running
+	again    bool               // tick once more as soon as the current one ends
+	stopped  bool
+	inflight sync.WaitGroup // the tick running
 
 	watchers sync.WaitGroup // IDLE watchers, one per holding
 }
@@ -131,39 +200,76 @@ func (k *leaseKeeper) holding() context.Context {
 	return k.hold
 }
 
-func (k *leaseKeeper) run(ctx context.Context, renewEvery time.Duration) {
-	defer k.release()
-	tick := time.NewTicker(renewEvery)
-	defer tick.Stop()
-	for {
-		k.renew(ctx, renewEvery)
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		case <-k.retry:
-		}
-		if ctx.Err() != nil {
-			return
-		}
+func (k *leaseKeeper) start() {
+	k.mu.Lock()
+	k.timer = time.AfterFunc(0, k.tick)
+	k.mu.Unlock()
+}
+
+// tick takes or renews the lease once and arms the next renewal. Ticks
+// never overlap: one that finds another running asks it to go again.
+func (k *leaseKeeper) tick() {
+	renewEvery := k.t.p.cfg.LeaseTTL / 3
+	k.mu.Lock()
+	if k.stopped || k.ticking {
+		k.again = !k.stopped
+		k.mu.Unlock()
+		return
+	}
+	k.ticking = true
+	k.inflight.Add(1)
+	k.mu.Unlock()
+	defer k.inflight.Done()
+
+	taken := k.renew(k.t.ctx, renewEvery)
+	if taken {
+		k.t.leaseTaken()
+	}
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.ticking = false
+	next := renewEvery
+	if k.again {
+		k.again, next = false, 0
+	}
+	if !k.stopped {
+		k.timer.Reset(next)
 	}
 }
 
-// renew takes or renews the lease once. The holding lasts until the time the
-// request was sent plus the TTL, less a margin for clock drift between this
-// process and the KV.
-func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) {
+// stop ends the renewals (waiting for the one in flight) and releases the
+// lease.
+func (k *leaseKeeper) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	if k.timer != nil {
+		k.timer.Stop()
+	}
+	k.mu.Unlock()
+	k.inflight.Wait()
+	k.release()
+}
+
+// renew takes or renews the lease once; it reports whether the lease was
+// just taken (a new holding). The holding lasts until the time the request
+// was sent plus the TTL, less a margin for clock drift between this process
+// and the KV.
+func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) (taken bool) {
 	t, p := k.t, k.t.p
+	if ctx.Err() != nil {
+		return false
+	}
 	sent := time.Now()
 	held := k.holding() != nil
 	if !held && !p.mayAcquire() {
-		return // at our fair share: leave this user to another replica
+		return false // at our fair share: leave this user to another replica
 	}
 	rctx, cancel := context.WithTimeout(ctx, renewEvery)
 	ok, err := t.holdLease(rctx, held)
 	cancel()
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	until := sent.Add(p.cfg.LeaseTTL - p.cfg.LeaseTTL/10)
 	k.mu.Lock()
@@ -171,13 +277,11 @@ func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) {
 	switch {
 	case ok && k.hold != nil && k.hold.Err() == nil:
 		k.expiry.Reset(time.Until(until))
+		k.until = until
 	case ok:
+		k.until = until
 		k.hold, k.cancel = context.WithCancel(ctx)
 		k.expiry = time.AfterFunc(time.Until(until), k.cancel)
-		select {
-		case k.acquired <- struct{}{}:
-		default:
-		}
 		if p.cfg.IDLE {
 			hold := k.hold
 			k.watchers.Add(1)
@@ -186,20 +290,24 @@ func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) {
 				t.watch(hold)
 			}()
 		}
+		return true
 	case err != nil:
 		// Unknown outcome: the holding ends by itself when its time is up.
 		p.log.Warn("poller: lease", "user_id", t.id, "error", err)
 	case k.hold != nil && k.hold.Err() == nil:
 		p.log.Info("poller: lease lost to another replica", "user_id", t.id)
+		k.until = time.Time{}
 		k.cancel()
 	}
+	return false
 }
 
 // poke asks the keeper to try for the lease now.
 func (k *leaseKeeper) poke() {
-	select {
-	case k.retry <- struct{}{}:
-	default:
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.stopped && k.timer != nil {
+		k.timer.Reset(0) // a tick already running makes this one go again
 	}
 }
 
@@ -209,11 +317,14 @@ func (k *leaseKeeper) shed() {
 	k.release()
 }
 
-// release ends the holding and, if the lease may still be ours, deletes it.
+// release ends the holding and, if the lease may still be ours, deletes it
+// (the holding's context may have ended with the tenant's already: the
+// lease is ours until it expires).
 func (k *leaseKeeper) release() {
 	t, p := k.t, k.t.p
 	k.mu.Lock()
-	held := k.hold != nil && k.hold.Err() == nil
+	held := time.Now().Before(k.until)
+	k.until = time.Time{}
 	if k.cancel != nil {
 		k.cancel()
 		k.expiry.Stop()
@@ -248,27 +359,17 @@ func (t *tenant) holdLease(ctx context.Context, held bool) (bool, error) {
 	return p.kv.SetNX(ctx, key, p.cfg.Owner, p.cfg.LeaseTTL)
 }
 
-// pollSlot waits for a worker and a host slot, polls once, and returns how
-// long to wait before the next poll.
+// pollSlot runs on a worker: it waits for a slot of the user's IMAP host,
+// polls once, and returns how long to wait before the next poll.
 func (t *tenant) pollSlot(ctx context.Context, scheduled time.Time) time.Duration {
 	p := t.p
 	host := p.hostSlot(t.acct.Server)
-	p.m.queued.Inc()
-	select {
-	case p.workers <- struct{}{}:
-	case <-ctx.Done():
-		p.m.queued.Dec()
-		return 0
-	}
 	select {
 	case host <- struct{}{}:
 	case <-ctx.Done():
-		<-p.workers
-		p.m.queued.Dec()
 		return 0
 	}
-	p.m.queued.Dec()
-	defer func() { <-host; <-p.workers }()
+	defer func() { <-host }()
 
 	start := time.Now()
 	if lag := start.Sub(scheduled); lag > 0 {
