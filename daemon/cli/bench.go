@@ -587,9 +587,14 @@ func (c *countingInbox) Status(ctx context.Context, user userid.ID, acct mail.Ac
 	return st, err
 }
 
-func (c *countingInbox) Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func()) error {
+func (c *countingInbox) Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func(), ended func(error)) error {
 	c.watchStarts.Add(1)
-	err := c.Inbox.Watch(ctx, user, acct, changed)
+	err := c.Inbox.Watch(ctx, user, acct, changed, func(why error) {
+		if ctx.Err() == nil {
+			c.watchErr.Add(1)
+		}
+		ended(why)
+	})
 	if err != nil && ctx.Err() == nil {
 		c.watchErr.Add(1)
 	}

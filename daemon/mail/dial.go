@@ -97,6 +97,11 @@ type DialOptions struct {
 	// Unilateral receives the server's unsolicited responses (EXISTS while
 	// idling): the IDLE watcher sets it. Nil ignores them.
 	Unilateral *imapclient.UnilateralDataHandler
+	// ReadFailed, when set, is called once when a read of the connection
+	// fails (the server closed it, a reset, or Close), on go-imap's reader
+	// goroutine: it must not block, nor call the client's Close. An Idler
+	// learns of a dropped connection this way.
+	ReadFailed func(error)
 }
 
 // ErrorClass says which stage of reaching an IMAP server failed.
@@ -316,6 +321,9 @@ func (d *dialer) dial(ctx context.Context, opts DialOptions) (*imapclient.Client
 	// or refusing greeting only as flattened text (or, racily, as a closed
 	// connection), and the line itself is what tells a user what is there.
 	rec := &greetingRecorder{}
+	if opts.ReadFailed != nil {
+		conn = &readFailConn{Conn: conn, failed: opts.ReadFailed}
+	}
 	var c *imapclient.Client
 	switch d.acct.Security {
 	case SecurityTLS:
@@ -482,6 +490,21 @@ func (c recordingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.rec.record(p[:n])
+	}
+	return n, err
+}
+
+// readFailConn reports its first failed read (DialOptions.ReadFailed).
+type readFailConn struct {
+	net.Conn
+	failed func(error)
+	once   sync.Once
+}
+
+func (c *readFailConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.once.Do(func() { c.failed(err) })
 	}
 	return n, err
 }

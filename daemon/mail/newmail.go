@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -88,105 +87,6 @@ func UIDsAfter(ctx context.Context, c *imapclient.Client, mailbox string, after 
 		out = out[:limit]
 	}
 	return out, nil
-}
-
-// ErrIdleUnsupported: the server does not advertise IDLE.
-var ErrIdleUnsupported = errors.New("mail: server does not support IDLE")
-
-// IdleOptions tunes Idle.
-type IdleOptions struct {
-	// Restart re-issues IDLE before servers drop it (RFC 2177: 29 minutes).
-	Restart time.Duration // default 25m
-	// Liveness is how often the connection is checked with NOOP between
-	// IDLEs, so a half-open connection is noticed.
-	Liveness time.Duration // default 4m
-	// Loans, when set, lends the idling connection to other work (a poll)
-	// between two IDLEs, so a watched user needs no second connection: see
-	// Loan.
-	Loans <-chan Loan
-}
-
-// Loan asks an idling connection for its client: Idle stops the IDLE, runs
-// Use on the connection, sends its error to Done (buffered, capacity 1),
-// and idles again. Use may select other mailboxes; Idle selects its own
-// again afterwards. An error from Use ends Idle with that error, since the
-// connection's state is then unknown.
-type Loan struct {
-	Use  func(c *imapclient.Client) error
-	Done chan<- error
-}
-
-// Idle selects mailbox on a connection made for it (dialed with
-// DialOptions.Unilateral calling changed) and idles until ctx ends or the
-// connection fails. The IDLE is stopped for a NOOP every Liveness and
-// re-issued, so a dead connection is noticed within Liveness.
-func Idle(ctx context.Context, c *imapclient.Client, mailbox string, opts IdleOptions) error {
-	if !c.Caps().Has(imap.CapIdle) && !c.Caps().Has(imap.CapIMAP4rev2) {
-		return ErrIdleUnsupported
-	}
-	if opts.Restart <= 0 {
-		opts.Restart = 25 * time.Minute
-	}
-	if opts.Liveness <= 0 || opts.Liveness > opts.Restart {
-		opts.Liveness = min(4*time.Minute, opts.Restart)
-	}
-	if err := withContext(ctx, c, func() error { _, err := examine(c, mailbox); return err }); err != nil {
-		return err
-	}
-	for {
-		cmd, err := c.Idle()
-		if err != nil {
-			return fmt.Errorf("mail: idle: %w", err)
-		}
-		timer := time.NewTimer(opts.Liveness)
-		var loan *Loan
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			cmd.Close()
-			return ctx.Err()
-		case <-c.Closed():
-			timer.Stop()
-			return errors.New("mail: idle: connection closed")
-		case <-timer.C:
-		case l := <-opts.Loans: // a nil channel never delivers
-			timer.Stop()
-			loan = &l
-		}
-		// Stopping IDLE and a NOOP both need an answer: a half-open
-		// connection fails here (bounded by the liveness context).
-		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = withContext(lctx, c, func() error {
-			if err := cmd.Close(); err != nil {
-				return fmt.Errorf("mail: stop idle: %w", err)
-			}
-			if err := cmd.Wait(); err != nil {
-				return fmt.Errorf("mail: idle: %w", err)
-			}
-			if loan != nil {
-				return nil // the borrower's commands prove the connection alive
-			}
-			return c.Noop().Wait()
-		})
-		cancel()
-		if err != nil {
-			if loan != nil {
-				loan.Done <- err
-			}
-			return err
-		}
-		if loan == nil {
-			continue
-		}
-		err = loan.Use(c)
-		loan.Done <- err
-		if err != nil {
-			return err
-		}
-		if err := withContext(ctx, c, func() error { _, err := examine(c, mailbox); return err }); err != nil {
-			return err
-		}
-	}
 }
 
 // examine selects mailbox read-only, always (see fetchThread for why the

@@ -214,3 +214,24 @@ func TestIMAPStallTimesOut(t *testing.T) {
 	}
 	t.Logf("proxy: %+v", px.Stats())
 }
+
+// TestIdleReconnectsAfterCut: an IDLE connection that drops is noticed at
+// once (go-imap's reader reports the failed read), not at the next liveness
+// check minutes later; the watch dials again and polls, so mail delivered
+// while nothing watched is found without waiting for the poll interval (an
+// hour here).
+func TestIdleReconnectsAfterCut(t *testing.T) {
+	dove := testsvc.Dovecot(t, map[string]string{"idle-cut": "pw"})
+	px := faultproxy.New(t, dove.Addr())
+	f := newFixture(t)
+	id, wf := f.user(t, "idle-cut@example.com", dovecotVia(dove, px), "idle-cut", "pw", workflow.FilterRules{})
+	f.start(t, poller.Config{Interval: time.Hour, Jitter: 0.0001, IDLE: true})
+	waitFor(t, "baseline", 20*time.Second, f.baselined(id))
+	dove.Deliver(t, "idle-cut", message(1, "c@example.com", "before the cut"))
+	waitFor(t, "the first mail, through IDLE", 10*time.Second, func() bool { return len(f.instances(t, id, wf)) == 1 })
+	if n := px.Cut(); n == 0 {
+		t.Fatal("no connection to cut")
+	}
+	dove.Deliver(t, "idle-cut", message(2, "c@example.com", "while the watch is down"))
+	waitFor(t, "the second mail, once the watch is back", 15*time.Second, func() bool { return len(f.instances(t, id, wf)) == 2 })
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -28,13 +29,10 @@ type IMAPInbox struct {
 	watches map[userid.ID]*watch
 }
 
-// watch is a user's IDLE connection as polls see it: ready closes once it
-// idles (loans are then served), gone once it has ended.
+// watch is a user's IDLE connection as polls see it.
 type watch struct {
 	acct  mail.Account
-	loans chan mail.Loan
-	ready chan struct{}
-	gone  chan struct{}
+	idler atomic.Pointer[mail.Idler] // nil until it idles
 }
 
 // use runs f on a connection of user: the user's IDLE connection when there
@@ -42,8 +40,10 @@ type watch struct {
 // error (its protocol state is unknown) and released otherwise.
 func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account, f func(c *imapclient.Client) error) error {
 	if w := in.watching(user, acct); w != nil {
-		if lent, err := w.borrow(ctx, f); lent {
-			return err
+		if i := w.idler.Load(); i != nil {
+			if lent, err := i.Borrow(ctx, f); lent {
+				return err
+			}
 		}
 	}
 	conn, err := in.Pool.Acquire(ctx, user.String(), acct)
@@ -121,26 +121,11 @@ func (in *IMAPInbox) Message(ctx context.Context, user userid.ID, acct mail.Acco
 	return out, err
 }
 
-// Watch idles on INBOX over a connection of its own (not from the pool: it
-// is held for as long as the user is watched), and lends it to the user's
-// polls meanwhile.
-func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func()) error {
-	w := &watch{acct: acct, loans: make(chan mail.Loan), ready: make(chan struct{}), gone: make(chan struct{})}
-	in.mu.Lock()
-	if in.watches == nil {
-		in.watches = map[userid.ID]*watch{}
-	}
-	in.watches[user] = w
-	in.mu.Unlock()
-	defer func() {
-		in.mu.Lock()
-		if in.watches[user] == w {
-			delete(in.watches, user)
-		}
-		in.mu.Unlock()
-		close(w.gone)
-	}()
-
+// Watch starts an IDLE on INBOX over a connection of its own (not from the
+// pool: it is held for as long as the user is watched), which the user's
+// polls borrow between two IDLEs. No goroutine waits on it (see mail.Idler).
+func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func(), ended func(error)) error {
+	w := &watch{acct: acct}
 	opts := in.Dial
 	opts.Unilateral = &imapclient.UnilateralDataHandler{
 		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
@@ -149,19 +134,43 @@ func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Accoun
 			}
 		},
 	}
+	opts.ReadFailed = func(err error) {
+		if i := w.idler.Load(); i != nil {
+			i.End(fmt.Errorf("poller: idle connection lost: %w", err))
+		}
+	}
 	c, err := mail.Dial(ctx, acct, opts)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	idle := in.Idle
-	idle.Loans = w.loans
-	close(w.ready) // loans wait in the channel until Idle takes them
-	err = mail.Idle(ctx, c, inboxMailbox, idle)
-	if errors.Is(err, mail.ErrIdleUnsupported) {
-		return ErrIdleUnsupported
+	i, err := mail.StartIdle(ctx, c, inboxMailbox, in.Idle, func(why error) {
+		in.mu.Lock()
+		if in.watches[user] == w {
+			delete(in.watches, user)
+		}
+		in.mu.Unlock()
+		ended(why)
+	})
+	if err != nil {
+		c.Close()
+		if errors.Is(err, mail.ErrIdleUnsupported) {
+			return ErrIdleUnsupported
+		}
+		return err
 	}
-	return err
+	w.idler.Store(i)
+	select {
+	case <-c.Closed(): // lost before ReadFailed could see the Idler
+		i.End(errors.New("poller: idle connection lost"))
+	default:
+	}
+	in.mu.Lock()
+	if in.watches == nil {
+		in.watches = map[userid.ID]*watch{}
+	}
+	in.watches[user] = w
+	in.mu.Unlock()
+	return nil
 }
 
 // watching returns the user's watch for acct, if any.
@@ -172,31 +181,4 @@ func (in *IMAPInbox) watching(user userid.ID, acct mail.Account) *watch {
 		return w
 	}
 	return nil
-}
-
-// borrow runs f on the watch's connection. lent is false when the watch
-// ended before taking the loan (or never got a connection): use a pooled
-// connection then.
-func (w *watch) borrow(ctx context.Context, f func(c *imapclient.Client) error) (lent bool, err error) {
-	select {
-	case <-w.ready:
-	case <-w.gone:
-		return false, nil
-	case <-ctx.Done():
-		return true, ctx.Err()
-	}
-	done := make(chan error, 1)
-	select {
-	case w.loans <- mail.Loan{Use: f, Done: done}:
-	case <-w.gone:
-		return false, nil
-	case <-ctx.Done():
-		return true, ctx.Err()
-	}
-	select {
-	case err := <-done:
-		return true, err
-	case <-ctx.Done():
-		return true, ctx.Err()
-	}
 }

@@ -43,9 +43,12 @@ type Inbox interface {
 	NewUIDs(ctx context.Context, user userid.ID, acct mail.Account, after uint32, limit int) ([]uint32, error)
 	// Message fetches and parses one message, with its thread as markdown.
 	Message(ctx context.Context, user userid.ID, acct mail.Account, uid uint32) (Message, error)
-	// Watch blocks until the INBOX changes or ctx ends (IMAP IDLE). It returns
+	// Watch starts watching the INBOX (IMAP IDLE) until ctx ends: changed is
+	// called on every change, and ended once, with the reason, when the watch
+	// ends (with ctx, or by itself). It returns once the watch is up, or with
+	// the error that kept it from starting (ended is not called then):
 	// ErrIdleUnsupported when the server cannot IDLE.
-	Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func()) error
+	Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func(), ended func(error)) error
 }
 
 // ErrIdleUnsupported: the server does not advertise IDLE.

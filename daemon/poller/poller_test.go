@@ -573,7 +573,7 @@ func (q *quietInbox) Message(context.Context, userid.ID, mail.Account, uint32) (
 	return poller.Message{}, mail.ErrMessageNotFound
 }
 
-func (q *quietInbox) Watch(context.Context, userid.ID, mail.Account, func()) error {
+func (q *quietInbox) Watch(context.Context, userid.ID, mail.Account, func(), func(error)) error {
 	return poller.ErrIdleUnsupported
 }
 
@@ -626,5 +626,57 @@ func TestTenantsCostNoGoroutines(t *testing.T) {
 	}
 	if held := leaseHolders(t, f.kv, ids)["r1"]; held != 0 {
 		t.Errorf("%d leases still held after Run returned; a clean stop releases them all", held)
+	}
+}
+
+// TestWatchedTenantsCostTwoGoroutines: in IDLE mode a watched user costs
+// go-imap's two goroutines of its IDLE connection (the reader and the IDLE
+// restarter) and nothing of the poller's: no watcher goroutine waits on the
+// connection (mail.Idler), and the user's polls borrow it from a worker.
+func TestWatchedTenantsCostTwoGoroutines(t *testing.T) {
+	const users = 30
+	accounts := map[string]string{}
+	for i := range users {
+		accounts[fmt.Sprintf("w%d", i)] = "pw"
+	}
+	dove := testsvc.Dovecot(t, accounts)
+	srv := server{dove.Host, dove.Port, func(t *testing.T, u string, raw []byte) { dove.Deliver(t, u, raw) }, nil}
+	f := newFixture(t)
+	ids := make([]userid.ID, users)
+	wfs := make([]workflow.Workflow, users)
+	for i := range users {
+		ids[i], wfs[i] = f.user(t, fmt.Sprintf("w%d@example.com", i), srv, fmt.Sprintf("w%d", i), "pw", workflow.FilterRules{})
+	}
+	pool, err := mail.NewPool(mail.PoolOptions{PerUser: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	cfg := poller.Config{Owner: "r1", Interval: time.Hour, Jitter: 0.0001, Refresh: 50 * time.Millisecond, Workers: 2, IDLE: true}
+	before := runtime.NumGoroutine()
+	p, err := poller.New(cfg, f.kv, f.wf, f.settings, &poller.IMAPInbox{Pool: pool}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { stop(); <-done }()
+	for _, id := range ids {
+		waitFor(t, "baseline", 20*time.Second, f.baselined(id))
+	}
+	// With an hour's interval, only IDLE finds this mail: every watch is up.
+	for i := range users {
+		dove.Deliver(t, fmt.Sprintf("w%d", i), message(i, "c@example.com", "seen by idle"))
+	}
+	for i, id := range ids {
+		waitFor(t, "the mail, through IDLE", 20*time.Second, func() bool { return len(f.instances(t, id, wfs[i])) == 1 })
+	}
+	time.Sleep(100 * time.Millisecond) // the last polls' timer callbacks end
+	// A first poll that raced its watch's set-up may have dialed a pooled
+	// connection (a reader goroutine each): those are not the watches'.
+	got := runtime.NumGoroutine() - before - pool.Stats().Open
+	if limit := 2*users + 1 + cfg.Workers + 10; got > limit {
+		t.Errorf("%d watched users added %d goroutines (pooled connections aside); want at most %d (two per user: go-imap's)", users, got, limit)
 	}
 }

@@ -287,7 +287,7 @@ func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) (take
 			k.watchers.Add(1)
 			go func() {
 				defer k.watchers.Done()
-				t.watch(hold)
+				t.watch(hold, 0)
 			}()
 		}
 		return true
@@ -449,32 +449,42 @@ func (t *tenant) setState(s string) {
 	t.mu.Unlock()
 }
 
-// watch keeps an IDLE connection open and kicks a poll on every change. When
-// IDLE fails it retries with backoff; interval polling goes on meanwhile.
-func (t *tenant) watch(ctx context.Context) {
-	p := t.p
-	failures := 0
-	for ctx.Err() == nil {
-		err := p.inbox.Watch(ctx, t.id, t.acct, t.poke)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, ErrIdleUnsupported) {
-			p.log.Info("poller: server cannot IDLE; polling on the interval", "user_id", t.id)
-			return
-		}
-		failures++
-		wait := backoff(time.Second, 5*time.Minute, failures)
-		p.log.Debug("poller: idle ended", "user_id", t.id, "retry_in", wait.String(), "error", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		if err == nil {
-			failures = 0
-		}
+// watch starts the IDLE watch of one holding of the lease, which kicks a
+// poll on every change. It runs on a goroutine that lives for the dial; a
+// watch that ends (or fails to start) is started again after a backoff, by
+// a timer, for as long as the holding lasts. Interval polling goes on
+// meanwhile. failures counts the failed watches in a row.
+func (t *tenant) watch(hold context.Context, failures int) {
+	started := time.Now()
+	err := t.p.inbox.Watch(hold, t.id, t.acct, t.poke, func(why error) { t.watchEnded(hold, failures, started, why) })
+	switch {
+	case err != nil:
+		t.watchEnded(hold, failures, started, err)
+	case failures > 0:
+		t.poke() // mail that came while nothing watched has no notice of its own
 	}
+}
+
+func (t *tenant) watchEnded(hold context.Context, failures int, started time.Time, err error) {
+	p := t.p
+	if hold.Err() != nil {
+		return
+	}
+	if errors.Is(err, ErrIdleUnsupported) {
+		p.log.Info("poller: server cannot IDLE; polling on the interval", "user_id", t.id)
+		return
+	}
+	if time.Since(started) > time.Minute {
+		failures = 0 // it ran a while: count afresh
+	}
+	failures++
+	wait := backoff(time.Second, 5*time.Minute, failures)
+	p.log.Debug("poller: idle ended", "user_id", t.id, "retry_in", wait.String(), "error", err)
+	time.AfterFunc(wait, func() {
+		if hold.Err() == nil {
+			t.watch(hold, failures)
+		}
+	})
 }
 
 // errorMessage is the user-facing text of a poll error.
