@@ -38,8 +38,10 @@
 //
 // The wire protocol is sdk/proto/inboxd/plugin/v1/plugin.proto (Go code in
 // sdk/pluginpb). Every tool call carries the user context and a capability
-// token, minted by the host for that call and expiring with it, as gRPC
-// metadata; the plugin's host-service requests carry the token, and the
-// host authorises them by the token alone. The host services travel over
+// token, minted by the host for that call and expiring with it: as gRPC
+// metadata on a unary CallTool, in the request message on CallStream (the
+// host's pooled streams, one call at a time each). The plugin's
+// host-service requests carry the token as metadata, and the host
+// authorises them by the token alone. The host services travel over
 // one go-plugin broker connection per plugin process, opened once.
 package sdk

@@ -28,8 +28,9 @@ const ProtocolVersion = 1
 // serves in its plugin set (the host dispenses it by this name).
 const PluginSetName = "inboxd"
 
-// Metadata keys of every CallTool (the user context) and of every host
-// service request (the capability token).
+// Metadata keys of every unary CallTool (the user context; CallStream
+// carries it in its request messages) and of every host service request
+// (the capability token).
 const (
 	MetadataUserID     = "x-inboxd-user-id"
 	MetadataWorkflowID = "x-inboxd-workflow-id"

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -68,7 +70,7 @@ func (g *grpcPlugin) GRPCClient(context.Context, *plugin.GRPCBroker, *grpc.Clien
 	return nil, errors.New("sdk: the plugin side has no client")
 }
 
-// server answers the host's Describe and CallTool.
+// server answers the host's Describe, CallTool and CallStream.
 type server struct {
 	pluginpb.UnimplementedPluginServer
 	p      Plugin
@@ -87,7 +89,7 @@ func (s *server) Describe(_ context.Context, req *pluginpb.DescribeRequest) (*pl
 			return nil, status.Errorf(codes.Unavailable, "sdk: connect to host services: %v", err)
 		}
 	}
-	resp := &pluginpb.DescribeResponse{Name: s.p.Name, Version: s.p.Version}
+	resp := &pluginpb.DescribeResponse{Name: s.p.Name, Version: s.p.Version, CallStream: true}
 	for _, n := range s.p.Needs {
 		resp.Needs = append(resp.Needs, string(n))
 	}
@@ -122,6 +124,7 @@ func (s *server) hostClient() pluginpb.HostClient {
 	return s.host
 }
 
+// CallTool runs one call, its context in the request's metadata.
 func (s *server) CallTool(ctx context.Context, req *pluginpb.CallToolRequest) (*pluginpb.CallToolResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	first := func(k string) string {
@@ -134,23 +137,81 @@ func (s *server) CallTool(ctx context.Context, req *pluginpb.CallToolRequest) (*
 		UserID: first(MetadataUserID), WorkflowID: first(MetadataWorkflowID),
 		InstanceID: first(MetadataInstanceID), StepID: first(MetadataStepID),
 	}
-	if u.UserID == "" {
-		return nil, status.Error(codes.InvalidArgument, "sdk: call without a user")
+	res, err := s.call(ctx, req.GetTool(), req.GetArguments(), u, first(MetadataCapability))
+	if err != nil {
+		return nil, err
 	}
-	t, ok := s.tools[req.GetTool()]
+	return &pluginpb.CallToolResponse{Content: res.Content, IsError: res.IsError}, nil
+}
+
+// CallStream runs the calls the host sends over one stream, one at a time,
+// until the host closes its side (io.EOF) or cancels the stream. Each call
+// answers what CallTool would, a failure as its status code and message; a
+// call's context ends with the stream's, or at the call's timeout.
+func (s *server) CallStream(stream pluginpb.Plugin_CallStreamServer) error {
+	streamMD, _ := metadata.FromIncomingContext(stream.Context())
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(s.streamCall(stream.Context(), streamMD, req)); err != nil {
+			return err
+		}
+	}
+}
+
+// streamCall runs one call received over CallStream, on a stream whose
+// incoming metadata is streamMD.
+func (s *server) streamCall(ctx context.Context, streamMD metadata.MD, req *pluginpb.StreamCallRequest) *pluginpb.StreamCallResponse {
+	if d := req.GetTimeoutNanos(); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(d))
+		defer cancel()
+	}
+	// The handler sees the call's context as incoming metadata too, as a
+	// unary call's handler does: plugins that read it (rather than UserFrom)
+	// work whichever way the host calls.
+	md := streamMD.Copy()
+	md[MetadataUserID] = []string{req.GetUserId()}
+	md[MetadataWorkflowID] = []string{req.GetWorkflowId()}
+	md[MetadataInstanceID] = []string{req.GetInstanceId()}
+	md[MetadataStepID] = []string{req.GetStepId()}
+	md[MetadataCapability] = []string{req.GetCapability()}
+	ctx = metadata.NewIncomingContext(ctx, md)
+	u := User{UserID: req.GetUserId(), WorkflowID: req.GetWorkflowId(), InstanceID: req.GetInstanceId(), StepID: req.GetStepId()}
+	res, err := s.call(ctx, req.GetTool(), req.GetArguments(), u, req.GetCapability())
+	if err != nil {
+		st := status.Convert(err)
+		return &pluginpb.StreamCallResponse{Code: int32(st.Code()), Message: st.Message()}
+	}
+	return &pluginpb.StreamCallResponse{Content: res.Content, IsError: res.IsError}
+}
+
+// call runs one tool call however it came (CallTool or CallStream), so
+// that the two cannot answer differently: its result, or the status error
+// CallTool fails with.
+func (s *server) call(ctx context.Context, tool string, args []byte, u User, token string) (Result, error) {
+	if u.UserID == "" {
+		return Result{}, status.Error(codes.InvalidArgument, "sdk: call without a user")
+	}
+	t, ok := s.tools[tool]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "sdk: plugin %s has no tool %q", s.p.Name, req.GetTool())
+		return Result{}, status.Errorf(codes.NotFound, "sdk: plugin %s has no tool %q", s.p.Name, tool)
 	}
 	var h Host = noHost{}
 	if c := s.hostClient(); c != nil {
-		h = &grpcHost{c: c, token: first(MetadataCapability)}
+		h = &grpcHost{c: c, token: token}
 	}
-	res, err := t.run(WithCall(ctx, u, h), Call{Arguments: json.RawMessage(req.GetArguments())})
+	res, err := t.run(WithCall(ctx, u, h), Call{Arguments: json.RawMessage(args)})
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, status.FromContextError(ctx.Err()).Err()
+			return Result{}, status.FromContextError(ctx.Err()).Err()
 		}
-		return nil, status.Error(codes.Unknown, err.Error())
+		return Result{}, status.Error(codes.Unknown, err.Error())
 	}
-	return &pluginpb.CallToolResponse{Content: res.Content, IsError: res.IsError}, nil
+	return res, nil
 }

@@ -6,7 +6,11 @@
 // exponential backoff, and stops them all (no orphans) on Close.
 //
 // Host implements tools.Caller: every call gets a deadline, the user
-// context in gRPC metadata, and a capability token minted for that call.
+// context, and a capability token minted for that call. Calls to SDK
+// plugins travel over a pool of long-lived CallStream streams per plugin
+// process, one call at a time each (callstream.go); plugins that do not
+// serve CallStream get unary CallTool calls with the context in gRPC
+// metadata.
 // The host services a plugin reaches back through (settings, its own KV,
 // vector search and upsert, LLM completion, tone profile) are served over
 // the go-plugin GRPCBroker, one connection per plugin process, and
@@ -508,14 +512,7 @@ func (h *Host) Call(ctx context.Context, call tools.Call) (tools.Result, error) 
 	defer cancel()
 	token, revoke := h.tokens.mint(call.User, call.InstanceID, pname, deadline)
 	defer revoke()
-	ctx = metadata.NewOutgoingContext(ctx, metadata.MD{
-		sdk.MetadataUserID:     {call.User.String()},
-		sdk.MetadataWorkflowID: {call.WorkflowID},
-		sdk.MetadataInstanceID: {call.InstanceID},
-		sdk.MetadataStepID:     {call.StepID},
-		sdk.MetadataCapability: {token},
-	})
-	resp, err := p.rpc.CallTool(ctx, &pluginpb.CallToolRequest{Tool: tname, Arguments: args})
+	content, isError, err := invoke(ctx, p, call, tname, args, token)
 	h.metrics.duration.WithLabelValues(pname).Observe(time.Since(start).Seconds())
 	// Answered: a result, or an error the tool's handler returned (the
 	// SDK sends it as Unknown); the process served the call.
@@ -529,20 +526,44 @@ func (h *Host) Call(ctx context.Context, call tools.Call) (tools.Result, error) 
 		h.metrics.calls.WithLabelValues(pname, tname, result).Inc()
 		return tools.Result{}, cerr
 	}
-	content := json.RawMessage(resp.GetContent())
 	if !json.Valid(content) {
 		h.metrics.calls.WithLabelValues(pname, tname, resultError).Inc()
 		return tools.Result{}, fmt.Errorf("pluginhost: %s: the plugin answered content that is not JSON", call.Tool)
 	}
 	result := resultOK
-	if resp.GetIsError() {
+	if isError {
 		result = resultToolError
 	}
 	h.metrics.calls.WithLabelValues(pname, tname, result).Inc()
-	return tools.Result{Content: content, IsError: resp.GetIsError()}, nil
+	return tools.Result{Content: content, IsError: isError}, nil
 }
 
-// callError turns a failed CallTool into the caller's error and its metric result.
+// invoke sends one call to the process, over a pooled stream when the
+// plugin serves CallStream, else as a unary CallTool with the user context
+// and token in metadata. Either way a failure is the status error CallTool
+// would have returned, so that Call treats both alike.
+func invoke(ctx context.Context, p *proc, call tools.Call, tool string, args json.RawMessage, token string) (json.RawMessage, bool, error) {
+	if p.desc.callStream {
+		resp, err := p.streams.call(ctx, &pluginpb.StreamCallRequest{
+			Tool: tool, Arguments: args,
+			UserId: call.User.String(), WorkflowId: call.WorkflowID, InstanceId: call.InstanceID, StepId: call.StepID,
+			Capability: token,
+		})
+		return resp.GetContent(), resp.GetIsError(), err
+	}
+	ctx = metadata.NewOutgoingContext(ctx, metadata.MD{
+		sdk.MetadataUserID:     {call.User.String()},
+		sdk.MetadataWorkflowID: {call.WorkflowID},
+		sdk.MetadataInstanceID: {call.InstanceID},
+		sdk.MetadataStepID:     {call.StepID},
+		sdk.MetadataCapability: {token},
+	})
+	resp, err := p.rpc.CallTool(ctx, &pluginpb.CallToolRequest{Tool: tool, Arguments: args})
+	return resp.GetContent(), resp.GetIsError(), err
+}
+
+// callError turns a failed call (CallTool, or a call over a stream) into
+// the caller's error and its metric result.
 func (h *Host) callError(ctx context.Context, deadline time.Time, m *managed, p *proc, tool string, err error) (string, error) {
 	st, _ := status.FromError(err)
 	// The plugin's copy of the deadline may fire a moment before ours and
@@ -563,9 +584,15 @@ func (h *Host) callError(ctx context.Context, deadline time.Time, m *managed, p 
 	}
 }
 
+// isJSONObject reports whether b is one JSON object. Valid JSON is one
+// value, an object exactly when it starts with '{' (checked without
+// decoding: this runs on every call).
 func isJSONObject(b []byte) bool {
-	var obj map[string]json.RawMessage
-	return json.Unmarshal(b, &obj) == nil && obj != nil
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i < len(b) && b[i] == '{' && json.Valid(b)
 }
 
 // sortedNeeds returns the needs as strings, sorted.

@@ -83,6 +83,9 @@ type description struct {
 	tools         map[string]*pluginpb.Tool
 	specs         []tools.Spec
 	needs         map[sdk.Need]bool
+	// callStream: the plugin serves CallStream (SDK plugins do); others
+	// are called with unary CallTool.
+	callStream bool
 }
 
 // proc is one running plugin process.
@@ -90,9 +93,11 @@ type proc struct {
 	client *plugin.Client
 	conn   *grpc.ClientConn
 	rpc    pluginpb.PluginClient
-	done   <-chan struct{} // closed when the process has exited
-	pid    int
-	desc   *description
+	// streams are the idle call streams (used when desc.callStream).
+	streams *streamPool
+	done    <-chan struct{} // closed when the process has exited
+	pid     int
+	desc    *description
 	// answered: the process served at least one call. A plugin that crashes
 	// after serving calls (killed now and then) restarts without a grown
 	// backoff; one that never answers is left to the circuit breaker.
@@ -411,6 +416,7 @@ func (m *managed) ping(ctx context.Context, p *proc) error {
 // kill stops the process (go-plugin Kill: graceful, then SIGKILL after 2 s)
 // and then its whole process group, so that nothing it started survives.
 func (m *managed) kill(p *proc) {
+	p.streams.close() // ends its calls now, rather than when the connection goes
 	p.client.Kill()
 	if p.pid > 0 {
 		_ = syscall.Kill(-p.pid, syscall.SIGKILL) // the group; ESRCH when already empty
@@ -467,7 +473,8 @@ func (m *managed) launch(ctx context.Context) (_ *proc, err error) {
 		return nil, fmt.Errorf("pluginhost: start %s: %w", m.src.desc, err)
 	}
 	d := raw.(*dispensed)
-	p := &proc{client: client, conn: d.conn, rpc: pluginpb.NewPluginClient(d.conn), done: d.done}
+	rpc := pluginpb.NewPluginClient(d.conn)
+	p := &proc{client: client, conn: d.conn, rpc: rpc, streams: newStreamPool(rpc), done: d.done}
 	if rc := client.ReattachConfig(); rc != nil {
 		p.pid = rc.Pid
 	}
@@ -508,7 +515,7 @@ func describe(name string, r *pluginpb.DescribeResponse) (*description, error) {
 	if err := sp.Validate(); err != nil {
 		return nil, err
 	}
-	d := &description{name: name, version: r.GetVersion(), tools: map[string]*pluginpb.Tool{}, needs: map[sdk.Need]bool{}}
+	d := &description{name: name, version: r.GetVersion(), tools: map[string]*pluginpb.Tool{}, needs: map[sdk.Need]bool{}, callStream: r.GetCallStream()}
 	for _, t := range r.GetTools() {
 		d.tools[t.GetName()] = t
 		schema := t.GetInputSchema()

@@ -71,7 +71,9 @@ type DescribeResponse struct {
 	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	Tools   []*Tool                `protobuf:"bytes,3,rep,name=tools,proto3" json:"tools,omitempty"`
 	// Needs the plugin declares: "imap_credentials", "tone_profile".
-	Needs         []string `protobuf:"bytes,4,rep,name=needs,proto3" json:"needs,omitempty"`
+	Needs []string `protobuf:"bytes,4,rep,name=needs,proto3" json:"needs,omitempty"`
+	// The plugin serves CallStream.
+	CallStream    bool `protobuf:"varint,5,opt,name=call_stream,json=callStream,proto3" json:"call_stream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -132,6 +134,13 @@ func (x *DescribeResponse) GetNeeds() []string {
 		return x.Needs
 	}
 	return nil
+}
+
+func (x *DescribeResponse) GetCallStream() bool {
+	if x != nil {
+		return x.CallStream
+	}
+	return false
 }
 
 type Tool struct {
@@ -302,6 +311,186 @@ func (x *CallToolResponse) GetIsError() bool {
 	return false
 }
 
+// One call over CallStream: CallToolRequest plus the call's context that a
+// unary CallTool carries as metadata.
+type StreamCallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tool  string                 `protobuf:"bytes,1,opt,name=tool,proto3" json:"tool,omitempty"`
+	// The arguments, a JSON object.
+	Arguments  []byte `protobuf:"bytes,2,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	UserId     string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	WorkflowId string `protobuf:"bytes,4,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	InstanceId string `protobuf:"bytes,5,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	StepId     string `protobuf:"bytes,6,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	// The call's capability token, for the plugin's Host requests (sent there
+	// as x-inboxd-capability metadata).
+	Capability string `protobuf:"bytes,7,opt,name=capability,proto3" json:"capability,omitempty"`
+	// The time left until the call's deadline, in nanoseconds; 0: none. It is
+	// relative so that nothing depends on the two processes' clocks.
+	TimeoutNanos  int64 `protobuf:"varint,8,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamCallRequest) Reset() {
+	*x = StreamCallRequest{}
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamCallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamCallRequest) ProtoMessage() {}
+
+func (x *StreamCallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamCallRequest.ProtoReflect.Descriptor instead.
+func (*StreamCallRequest) Descriptor() ([]byte, []int) {
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StreamCallRequest) GetTool() string {
+	if x != nil {
+		return x.Tool
+	}
+	return ""
+}
+
+func (x *StreamCallRequest) GetArguments() []byte {
+	if x != nil {
+		return x.Arguments
+	}
+	return nil
+}
+
+func (x *StreamCallRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *StreamCallRequest) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *StreamCallRequest) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *StreamCallRequest) GetStepId() string {
+	if x != nil {
+		return x.StepId
+	}
+	return ""
+}
+
+func (x *StreamCallRequest) GetCapability() string {
+	if x != nil {
+		return x.Capability
+	}
+	return ""
+}
+
+func (x *StreamCallRequest) GetTimeoutNanos() int64 {
+	if x != nil {
+		return x.TimeoutNanos
+	}
+	return 0
+}
+
+// The answer to one StreamCallRequest: what CallTool would answer.
+type StreamCallResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The result, a JSON value (when code is 0).
+	Content []byte `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// A tool-level failure the model should see.
+	IsError bool `protobuf:"varint,2,opt,name=is_error,json=isError,proto3" json:"is_error,omitempty"`
+	// A failed call (no result): the gRPC status code and message CallTool
+	// would have failed with; 0 (OK) for a result.
+	Code          int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamCallResponse) Reset() {
+	*x = StreamCallResponse{}
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamCallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamCallResponse) ProtoMessage() {}
+
+func (x *StreamCallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamCallResponse.ProtoReflect.Descriptor instead.
+func (*StreamCallResponse) Descriptor() ([]byte, []int) {
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StreamCallResponse) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *StreamCallResponse) GetIsError() bool {
+	if x != nil {
+		return x.IsError
+	}
+	return false
+}
+
+func (x *StreamCallResponse) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *StreamCallResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type GetSettingsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -310,7 +499,7 @@ type GetSettingsRequest struct {
 
 func (x *GetSettingsRequest) Reset() {
 	*x = GetSettingsRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[5]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +511,7 @@ func (x *GetSettingsRequest) String() string {
 func (*GetSettingsRequest) ProtoMessage() {}
 
 func (x *GetSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[5]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +524,7 @@ func (x *GetSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSettingsRequest.ProtoReflect.Descriptor instead.
 func (*GetSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{5}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{7}
 }
 
 type GetSettingsResponse struct {
@@ -356,7 +545,7 @@ type GetSettingsResponse struct {
 
 func (x *GetSettingsResponse) Reset() {
 	*x = GetSettingsResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[6]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -368,7 +557,7 @@ func (x *GetSettingsResponse) String() string {
 func (*GetSettingsResponse) ProtoMessage() {}
 
 func (x *GetSettingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[6]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -381,7 +570,7 @@ func (x *GetSettingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSettingsResponse.ProtoReflect.Descriptor instead.
 func (*GetSettingsResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{6}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetSettingsResponse) GetImapServer() string {
@@ -456,7 +645,7 @@ type KVGetRequest struct {
 
 func (x *KVGetRequest) Reset() {
 	*x = KVGetRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[7]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +657,7 @@ func (x *KVGetRequest) String() string {
 func (*KVGetRequest) ProtoMessage() {}
 
 func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[7]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +670,7 @@ func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetRequest.ProtoReflect.Descriptor instead.
 func (*KVGetRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{7}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KVGetRequest) GetKey() string {
@@ -501,7 +690,7 @@ type KVGetResponse struct {
 
 func (x *KVGetResponse) Reset() {
 	*x = KVGetResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[8]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -513,7 +702,7 @@ func (x *KVGetResponse) String() string {
 func (*KVGetResponse) ProtoMessage() {}
 
 func (x *KVGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[8]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -526,7 +715,7 @@ func (x *KVGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetResponse.ProtoReflect.Descriptor instead.
 func (*KVGetResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{8}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KVGetResponse) GetValue() string {
@@ -553,7 +742,7 @@ type KVSetRequest struct {
 
 func (x *KVSetRequest) Reset() {
 	*x = KVSetRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[9]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +754,7 @@ func (x *KVSetRequest) String() string {
 func (*KVSetRequest) ProtoMessage() {}
 
 func (x *KVSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[9]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +767,7 @@ func (x *KVSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVSetRequest.ProtoReflect.Descriptor instead.
 func (*KVSetRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{9}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KVSetRequest) GetKey() string {
@@ -603,7 +792,7 @@ type KVSetResponse struct {
 
 func (x *KVSetResponse) Reset() {
 	*x = KVSetResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[10]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +804,7 @@ func (x *KVSetResponse) String() string {
 func (*KVSetResponse) ProtoMessage() {}
 
 func (x *KVSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[10]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +817,7 @@ func (x *KVSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVSetResponse.ProtoReflect.Descriptor instead.
 func (*KVSetResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{10}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{12}
 }
 
 type KVDeleteRequest struct {
@@ -640,7 +829,7 @@ type KVDeleteRequest struct {
 
 func (x *KVDeleteRequest) Reset() {
 	*x = KVDeleteRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[11]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +841,7 @@ func (x *KVDeleteRequest) String() string {
 func (*KVDeleteRequest) ProtoMessage() {}
 
 func (x *KVDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[11]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +854,7 @@ func (x *KVDeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVDeleteRequest.ProtoReflect.Descriptor instead.
 func (*KVDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{11}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KVDeleteRequest) GetKey() string {
@@ -683,7 +872,7 @@ type KVDeleteResponse struct {
 
 func (x *KVDeleteResponse) Reset() {
 	*x = KVDeleteResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[12]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +884,7 @@ func (x *KVDeleteResponse) String() string {
 func (*KVDeleteResponse) ProtoMessage() {}
 
 func (x *KVDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[12]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +897,7 @@ func (x *KVDeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVDeleteResponse.ProtoReflect.Descriptor instead.
 func (*KVDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{12}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{14}
 }
 
 type VectorSearchRequest struct {
@@ -722,7 +911,7 @@ type VectorSearchRequest struct {
 
 func (x *VectorSearchRequest) Reset() {
 	*x = VectorSearchRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[13]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +923,7 @@ func (x *VectorSearchRequest) String() string {
 func (*VectorSearchRequest) ProtoMessage() {}
 
 func (x *VectorSearchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[13]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +936,7 @@ func (x *VectorSearchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorSearchRequest.ProtoReflect.Descriptor instead.
 func (*VectorSearchRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{13}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VectorSearchRequest) GetQuery() string {
@@ -783,7 +972,7 @@ type VectorHit struct {
 
 func (x *VectorHit) Reset() {
 	*x = VectorHit{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[14]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +984,7 @@ func (x *VectorHit) String() string {
 func (*VectorHit) ProtoMessage() {}
 
 func (x *VectorHit) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[14]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +997,7 @@ func (x *VectorHit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorHit.ProtoReflect.Descriptor instead.
 func (*VectorHit) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{14}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VectorHit) GetThreadId() string {
@@ -841,7 +1030,7 @@ type VectorSearchResponse struct {
 
 func (x *VectorSearchResponse) Reset() {
 	*x = VectorSearchResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[15]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1042,7 @@ func (x *VectorSearchResponse) String() string {
 func (*VectorSearchResponse) ProtoMessage() {}
 
 func (x *VectorSearchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[15]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1055,7 @@ func (x *VectorSearchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorSearchResponse.ProtoReflect.Descriptor instead.
 func (*VectorSearchResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{15}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VectorSearchResponse) GetHits() []*VectorHit {
@@ -884,7 +1073,7 @@ type VectorCountRequest struct {
 
 func (x *VectorCountRequest) Reset() {
 	*x = VectorCountRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[16]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1085,7 @@ func (x *VectorCountRequest) String() string {
 func (*VectorCountRequest) ProtoMessage() {}
 
 func (x *VectorCountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[16]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1098,7 @@ func (x *VectorCountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorCountRequest.ProtoReflect.Descriptor instead.
 func (*VectorCountRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{16}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{18}
 }
 
 type VectorCountResponse struct {
@@ -921,7 +1110,7 @@ type VectorCountResponse struct {
 
 func (x *VectorCountResponse) Reset() {
 	*x = VectorCountResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[17]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1122,7 @@ func (x *VectorCountResponse) String() string {
 func (*VectorCountResponse) ProtoMessage() {}
 
 func (x *VectorCountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[17]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1135,7 @@ func (x *VectorCountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorCountResponse.ProtoReflect.Descriptor instead.
 func (*VectorCountResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{17}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VectorCountResponse) GetCount() int64 {
@@ -969,7 +1158,7 @@ type VectorDoc struct {
 
 func (x *VectorDoc) Reset() {
 	*x = VectorDoc{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1170,7 @@ func (x *VectorDoc) String() string {
 func (*VectorDoc) ProtoMessage() {}
 
 func (x *VectorDoc) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[18]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1183,7 @@ func (x *VectorDoc) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorDoc.ProtoReflect.Descriptor instead.
 func (*VectorDoc) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{18}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VectorDoc) GetThreadId() string {
@@ -1029,7 +1218,7 @@ type VectorUpsertRequest struct {
 
 func (x *VectorUpsertRequest) Reset() {
 	*x = VectorUpsertRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1230,7 @@ func (x *VectorUpsertRequest) String() string {
 func (*VectorUpsertRequest) ProtoMessage() {}
 
 func (x *VectorUpsertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[19]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1243,7 @@ func (x *VectorUpsertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorUpsertRequest.ProtoReflect.Descriptor instead.
 func (*VectorUpsertRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{19}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *VectorUpsertRequest) GetDocs() []*VectorDoc {
@@ -1072,7 +1261,7 @@ type VectorUpsertResponse struct {
 
 func (x *VectorUpsertResponse) Reset() {
 	*x = VectorUpsertResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1273,7 @@ func (x *VectorUpsertResponse) String() string {
 func (*VectorUpsertResponse) ProtoMessage() {}
 
 func (x *VectorUpsertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[20]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1286,7 @@ func (x *VectorUpsertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VectorUpsertResponse.ProtoReflect.Descriptor instead.
 func (*VectorUpsertResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{20}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{22}
 }
 
 type CompleteRequest struct {
@@ -1112,7 +1301,7 @@ type CompleteRequest struct {
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1313,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[21]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1326,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{21}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CompleteRequest) GetSystem() string {
@@ -1170,7 +1359,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[22]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1371,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[22]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1384,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{22}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CompleteResponse) GetText() string {
@@ -1213,7 +1402,7 @@ type ToneProfileRequest struct {
 
 func (x *ToneProfileRequest) Reset() {
 	*x = ToneProfileRequest{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[23]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1414,7 @@ func (x *ToneProfileRequest) String() string {
 func (*ToneProfileRequest) ProtoMessage() {}
 
 func (x *ToneProfileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[23]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1427,7 @@ func (x *ToneProfileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToneProfileRequest.ProtoReflect.Descriptor instead.
 func (*ToneProfileRequest) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{23}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{25}
 }
 
 type ToneProfileResponse struct {
@@ -1251,7 +1440,7 @@ type ToneProfileResponse struct {
 
 func (x *ToneProfileResponse) Reset() {
 	*x = ToneProfileResponse{}
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[24]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1452,7 @@ func (x *ToneProfileResponse) String() string {
 func (*ToneProfileResponse) ProtoMessage() {}
 
 func (x *ToneProfileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[24]
+	mi := &file_inboxd_plugin_v1_plugin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1465,7 @@ func (x *ToneProfileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ToneProfileResponse.ProtoReflect.Descriptor instead.
 func (*ToneProfileResponse) Descriptor() ([]byte, []int) {
-	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{24}
+	return file_inboxd_plugin_v1_plugin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ToneProfileResponse) GetProfiles() map[string]string {
@@ -1292,12 +1481,14 @@ const file_inboxd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\n" +
 	"\x1dinboxd/plugin/v1/plugin.proto\x12\x10inboxd.plugin.v1\"7\n" +
 	"\x0fDescribeRequest\x12$\n" +
-	"\x0ehost_broker_id\x18\x01 \x01(\rR\fhostBrokerId\"\x84\x01\n" +
+	"\x0ehost_broker_id\x18\x01 \x01(\rR\fhostBrokerId\"\xa5\x01\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12,\n" +
 	"\x05tools\x18\x03 \x03(\v2\x16.inboxd.plugin.v1.ToolR\x05tools\x12\x14\n" +
-	"\x05needs\x18\x04 \x03(\tR\x05needs\"_\n" +
+	"\x05needs\x18\x04 \x03(\tR\x05needs\x12\x1f\n" +
+	"\vcall_stream\x18\x05 \x01(\bR\n" +
+	"callStream\"_\n" +
 	"\x04Tool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12!\n" +
@@ -1307,7 +1498,25 @@ const file_inboxd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\targuments\x18\x02 \x01(\fR\targuments\"G\n" +
 	"\x10CallToolResponse\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\fR\acontent\x12\x19\n" +
-	"\bis_error\x18\x02 \x01(\bR\aisError\"\x14\n" +
+	"\bis_error\x18\x02 \x01(\bR\aisError\"\xfe\x01\n" +
+	"\x11StreamCallRequest\x12\x12\n" +
+	"\x04tool\x18\x01 \x01(\tR\x04tool\x12\x1c\n" +
+	"\targuments\x18\x02 \x01(\fR\targuments\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x1f\n" +
+	"\vworkflow_id\x18\x04 \x01(\tR\n" +
+	"workflowId\x12\x1f\n" +
+	"\vinstance_id\x18\x05 \x01(\tR\n" +
+	"instanceId\x12\x17\n" +
+	"\astep_id\x18\x06 \x01(\tR\x06stepId\x12\x1e\n" +
+	"\n" +
+	"capability\x18\a \x01(\tR\n" +
+	"capability\x12#\n" +
+	"\rtimeout_nanos\x18\b \x01(\x03R\ftimeoutNanos\"w\n" +
+	"\x12StreamCallResponse\x12\x18\n" +
+	"\acontent\x18\x01 \x01(\fR\acontent\x12\x19\n" +
+	"\bis_error\x18\x02 \x01(\bR\aisError\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\x14\n" +
 	"\x12GetSettingsRequest\"\xda\x02\n" +
 	"\x13GetSettingsResponse\x12\x1f\n" +
 	"\vimap_server\x18\x01 \x01(\tR\n" +
@@ -1363,10 +1572,12 @@ const file_inboxd_plugin_v1_plugin_proto_rawDesc = "" +
 	"\bprofiles\x18\x01 \x03(\v23.inboxd.plugin.v1.ToneProfileResponse.ProfilesEntryR\bprofiles\x1a;\n" +
 	"\rProfilesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xae\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\x8b\x02\n" +
 	"\x06Plugin\x12Q\n" +
 	"\bDescribe\x12!.inboxd.plugin.v1.DescribeRequest\x1a\".inboxd.plugin.v1.DescribeResponse\x12Q\n" +
-	"\bCallTool\x12!.inboxd.plugin.v1.CallToolRequest\x1a\".inboxd.plugin.v1.CallToolResponse2\x92\x06\n" +
+	"\bCallTool\x12!.inboxd.plugin.v1.CallToolRequest\x1a\".inboxd.plugin.v1.CallToolResponse\x12[\n" +
+	"\n" +
+	"CallStream\x12#.inboxd.plugin.v1.StreamCallRequest\x1a$.inboxd.plugin.v1.StreamCallResponse(\x010\x012\x92\x06\n" +
 	"\x04Host\x12Z\n" +
 	"\vGetSettings\x12$.inboxd.plugin.v1.GetSettingsRequest\x1a%.inboxd.plugin.v1.GetSettingsResponse\x12H\n" +
 	"\x05KVGet\x12\x1e.inboxd.plugin.v1.KVGetRequest\x1a\x1f.inboxd.plugin.v1.KVGetResponse\x12H\n" +
@@ -1390,64 +1601,68 @@ func file_inboxd_plugin_v1_plugin_proto_rawDescGZIP() []byte {
 	return file_inboxd_plugin_v1_plugin_proto_rawDescData
 }
 
-var file_inboxd_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_inboxd_plugin_v1_plugin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_inboxd_plugin_v1_plugin_proto_goTypes = []any{
 	(*DescribeRequest)(nil),      // 0: inboxd.plugin.v1.DescribeRequest
 	(*DescribeResponse)(nil),     // 1: inboxd.plugin.v1.DescribeResponse
 	(*Tool)(nil),                 // 2: inboxd.plugin.v1.Tool
 	(*CallToolRequest)(nil),      // 3: inboxd.plugin.v1.CallToolRequest
 	(*CallToolResponse)(nil),     // 4: inboxd.plugin.v1.CallToolResponse
-	(*GetSettingsRequest)(nil),   // 5: inboxd.plugin.v1.GetSettingsRequest
-	(*GetSettingsResponse)(nil),  // 6: inboxd.plugin.v1.GetSettingsResponse
-	(*KVGetRequest)(nil),         // 7: inboxd.plugin.v1.KVGetRequest
-	(*KVGetResponse)(nil),        // 8: inboxd.plugin.v1.KVGetResponse
-	(*KVSetRequest)(nil),         // 9: inboxd.plugin.v1.KVSetRequest
-	(*KVSetResponse)(nil),        // 10: inboxd.plugin.v1.KVSetResponse
-	(*KVDeleteRequest)(nil),      // 11: inboxd.plugin.v1.KVDeleteRequest
-	(*KVDeleteResponse)(nil),     // 12: inboxd.plugin.v1.KVDeleteResponse
-	(*VectorSearchRequest)(nil),  // 13: inboxd.plugin.v1.VectorSearchRequest
-	(*VectorHit)(nil),            // 14: inboxd.plugin.v1.VectorHit
-	(*VectorSearchResponse)(nil), // 15: inboxd.plugin.v1.VectorSearchResponse
-	(*VectorCountRequest)(nil),   // 16: inboxd.plugin.v1.VectorCountRequest
-	(*VectorCountResponse)(nil),  // 17: inboxd.plugin.v1.VectorCountResponse
-	(*VectorDoc)(nil),            // 18: inboxd.plugin.v1.VectorDoc
-	(*VectorUpsertRequest)(nil),  // 19: inboxd.plugin.v1.VectorUpsertRequest
-	(*VectorUpsertResponse)(nil), // 20: inboxd.plugin.v1.VectorUpsertResponse
-	(*CompleteRequest)(nil),      // 21: inboxd.plugin.v1.CompleteRequest
-	(*CompleteResponse)(nil),     // 22: inboxd.plugin.v1.CompleteResponse
-	(*ToneProfileRequest)(nil),   // 23: inboxd.plugin.v1.ToneProfileRequest
-	(*ToneProfileResponse)(nil),  // 24: inboxd.plugin.v1.ToneProfileResponse
-	nil,                          // 25: inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
+	(*StreamCallRequest)(nil),    // 5: inboxd.plugin.v1.StreamCallRequest
+	(*StreamCallResponse)(nil),   // 6: inboxd.plugin.v1.StreamCallResponse
+	(*GetSettingsRequest)(nil),   // 7: inboxd.plugin.v1.GetSettingsRequest
+	(*GetSettingsResponse)(nil),  // 8: inboxd.plugin.v1.GetSettingsResponse
+	(*KVGetRequest)(nil),         // 9: inboxd.plugin.v1.KVGetRequest
+	(*KVGetResponse)(nil),        // 10: inboxd.plugin.v1.KVGetResponse
+	(*KVSetRequest)(nil),         // 11: inboxd.plugin.v1.KVSetRequest
+	(*KVSetResponse)(nil),        // 12: inboxd.plugin.v1.KVSetResponse
+	(*KVDeleteRequest)(nil),      // 13: inboxd.plugin.v1.KVDeleteRequest
+	(*KVDeleteResponse)(nil),     // 14: inboxd.plugin.v1.KVDeleteResponse
+	(*VectorSearchRequest)(nil),  // 15: inboxd.plugin.v1.VectorSearchRequest
+	(*VectorHit)(nil),            // 16: inboxd.plugin.v1.VectorHit
+	(*VectorSearchResponse)(nil), // 17: inboxd.plugin.v1.VectorSearchResponse
+	(*VectorCountRequest)(nil),   // 18: inboxd.plugin.v1.VectorCountRequest
+	(*VectorCountResponse)(nil),  // 19: inboxd.plugin.v1.VectorCountResponse
+	(*VectorDoc)(nil),            // 20: inboxd.plugin.v1.VectorDoc
+	(*VectorUpsertRequest)(nil),  // 21: inboxd.plugin.v1.VectorUpsertRequest
+	(*VectorUpsertResponse)(nil), // 22: inboxd.plugin.v1.VectorUpsertResponse
+	(*CompleteRequest)(nil),      // 23: inboxd.plugin.v1.CompleteRequest
+	(*CompleteResponse)(nil),     // 24: inboxd.plugin.v1.CompleteResponse
+	(*ToneProfileRequest)(nil),   // 25: inboxd.plugin.v1.ToneProfileRequest
+	(*ToneProfileResponse)(nil),  // 26: inboxd.plugin.v1.ToneProfileResponse
+	nil,                          // 27: inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
 }
 var file_inboxd_plugin_v1_plugin_proto_depIdxs = []int32{
 	2,  // 0: inboxd.plugin.v1.DescribeResponse.tools:type_name -> inboxd.plugin.v1.Tool
-	14, // 1: inboxd.plugin.v1.VectorSearchResponse.hits:type_name -> inboxd.plugin.v1.VectorHit
-	18, // 2: inboxd.plugin.v1.VectorUpsertRequest.docs:type_name -> inboxd.plugin.v1.VectorDoc
-	25, // 3: inboxd.plugin.v1.ToneProfileResponse.profiles:type_name -> inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
+	16, // 1: inboxd.plugin.v1.VectorSearchResponse.hits:type_name -> inboxd.plugin.v1.VectorHit
+	20, // 2: inboxd.plugin.v1.VectorUpsertRequest.docs:type_name -> inboxd.plugin.v1.VectorDoc
+	27, // 3: inboxd.plugin.v1.ToneProfileResponse.profiles:type_name -> inboxd.plugin.v1.ToneProfileResponse.ProfilesEntry
 	0,  // 4: inboxd.plugin.v1.Plugin.Describe:input_type -> inboxd.plugin.v1.DescribeRequest
 	3,  // 5: inboxd.plugin.v1.Plugin.CallTool:input_type -> inboxd.plugin.v1.CallToolRequest
-	5,  // 6: inboxd.plugin.v1.Host.GetSettings:input_type -> inboxd.plugin.v1.GetSettingsRequest
-	7,  // 7: inboxd.plugin.v1.Host.KVGet:input_type -> inboxd.plugin.v1.KVGetRequest
-	9,  // 8: inboxd.plugin.v1.Host.KVSet:input_type -> inboxd.plugin.v1.KVSetRequest
-	11, // 9: inboxd.plugin.v1.Host.KVDelete:input_type -> inboxd.plugin.v1.KVDeleteRequest
-	13, // 10: inboxd.plugin.v1.Host.VectorSearch:input_type -> inboxd.plugin.v1.VectorSearchRequest
-	16, // 11: inboxd.plugin.v1.Host.VectorCount:input_type -> inboxd.plugin.v1.VectorCountRequest
-	19, // 12: inboxd.plugin.v1.Host.VectorUpsert:input_type -> inboxd.plugin.v1.VectorUpsertRequest
-	21, // 13: inboxd.plugin.v1.Host.Complete:input_type -> inboxd.plugin.v1.CompleteRequest
-	23, // 14: inboxd.plugin.v1.Host.ToneProfile:input_type -> inboxd.plugin.v1.ToneProfileRequest
-	1,  // 15: inboxd.plugin.v1.Plugin.Describe:output_type -> inboxd.plugin.v1.DescribeResponse
-	4,  // 16: inboxd.plugin.v1.Plugin.CallTool:output_type -> inboxd.plugin.v1.CallToolResponse
-	6,  // 17: inboxd.plugin.v1.Host.GetSettings:output_type -> inboxd.plugin.v1.GetSettingsResponse
-	8,  // 18: inboxd.plugin.v1.Host.KVGet:output_type -> inboxd.plugin.v1.KVGetResponse
-	10, // 19: inboxd.plugin.v1.Host.KVSet:output_type -> inboxd.plugin.v1.KVSetResponse
-	12, // 20: inboxd.plugin.v1.Host.KVDelete:output_type -> inboxd.plugin.v1.KVDeleteResponse
-	15, // 21: inboxd.plugin.v1.Host.VectorSearch:output_type -> inboxd.plugin.v1.VectorSearchResponse
-	17, // 22: inboxd.plugin.v1.Host.VectorCount:output_type -> inboxd.plugin.v1.VectorCountResponse
-	20, // 23: inboxd.plugin.v1.Host.VectorUpsert:output_type -> inboxd.plugin.v1.VectorUpsertResponse
-	22, // 24: inboxd.plugin.v1.Host.Complete:output_type -> inboxd.plugin.v1.CompleteResponse
-	24, // 25: inboxd.plugin.v1.Host.ToneProfile:output_type -> inboxd.plugin.v1.ToneProfileResponse
-	15, // [15:26] is the sub-list for method output_type
-	4,  // [4:15] is the sub-list for method input_type
+	5,  // 6: inboxd.plugin.v1.Plugin.CallStream:input_type -> inboxd.plugin.v1.StreamCallRequest
+	7,  // 7: inboxd.plugin.v1.Host.GetSettings:input_type -> inboxd.plugin.v1.GetSettingsRequest
+	9,  // 8: inboxd.plugin.v1.Host.KVGet:input_type -> inboxd.plugin.v1.KVGetRequest
+	11, // 9: inboxd.plugin.v1.Host.KVSet:input_type -> inboxd.plugin.v1.KVSetRequest
+	13, // 10: inboxd.plugin.v1.Host.KVDelete:input_type -> inboxd.plugin.v1.KVDeleteRequest
+	15, // 11: inboxd.plugin.v1.Host.VectorSearch:input_type -> inboxd.plugin.v1.VectorSearchRequest
+	18, // 12: inboxd.plugin.v1.Host.VectorCount:input_type -> inboxd.plugin.v1.VectorCountRequest
+	21, // 13: inboxd.plugin.v1.Host.VectorUpsert:input_type -> inboxd.plugin.v1.VectorUpsertRequest
+	23, // 14: inboxd.plugin.v1.Host.Complete:input_type -> inboxd.plugin.v1.CompleteRequest
+	25, // 15: inboxd.plugin.v1.Host.ToneProfile:input_type -> inboxd.plugin.v1.ToneProfileRequest
+	1,  // 16: inboxd.plugin.v1.Plugin.Describe:output_type -> inboxd.plugin.v1.DescribeResponse
+	4,  // 17: inboxd.plugin.v1.Plugin.CallTool:output_type -> inboxd.plugin.v1.CallToolResponse
+	6,  // 18: inboxd.plugin.v1.Plugin.CallStream:output_type -> inboxd.plugin.v1.StreamCallResponse
+	8,  // 19: inboxd.plugin.v1.Host.GetSettings:output_type -> inboxd.plugin.v1.GetSettingsResponse
+	10, // 20: inboxd.plugin.v1.Host.KVGet:output_type -> inboxd.plugin.v1.KVGetResponse
+	12, // 21: inboxd.plugin.v1.Host.KVSet:output_type -> inboxd.plugin.v1.KVSetResponse
+	14, // 22: inboxd.plugin.v1.Host.KVDelete:output_type -> inboxd.plugin.v1.KVDeleteResponse
+	17, // 23: inboxd.plugin.v1.Host.VectorSearch:output_type -> inboxd.plugin.v1.VectorSearchResponse
+	19, // 24: inboxd.plugin.v1.Host.VectorCount:output_type -> inboxd.plugin.v1.VectorCountResponse
+	22, // 25: inboxd.plugin.v1.Host.VectorUpsert:output_type -> inboxd.plugin.v1.VectorUpsertResponse
+	24, // 26: inboxd.plugin.v1.Host.Complete:output_type -> inboxd.plugin.v1.CompleteResponse
+	26, // 27: inboxd.plugin.v1.Host.ToneProfile:output_type -> inboxd.plugin.v1.ToneProfileResponse
+	16, // [16:28] is the sub-list for method output_type
+	4,  // [4:16] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1464,7 +1679,7 @@ func file_inboxd_plugin_v1_plugin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_inboxd_plugin_v1_plugin_proto_rawDesc), len(file_inboxd_plugin_v1_plugin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Plugin_Describe_FullMethodName = "/inboxd.plugin.v1.Plugin/Describe"
-	Plugin_CallTool_FullMethodName = "/inboxd.plugin.v1.Plugin/CallTool"
+	Plugin_Describe_FullMethodName   = "/inboxd.plugin.v1.Plugin/Describe"
+	Plugin_CallTool_FullMethodName   = "/inboxd.plugin.v1.Plugin/CallTool"
+	Plugin_CallStream_FullMethodName = "/inboxd.plugin.v1.Plugin/CallStream"
 )
 
 // PluginClient is the client API for Plugin service.
@@ -35,6 +36,20 @@ type PluginClient interface {
 	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
 	// CallTool runs one tool for the user named in the call's metadata.
 	CallTool(ctx context.Context, in *CallToolRequest, opts ...grpc.CallOption) (*CallToolResponse, error)
+	// CallStream is a long-lived stream that carries one call at a time,
+	// sequentially: request, response, request, response... The host keeps a
+	// pool of idle streams, so that a call costs two messages on an open
+	// stream instead of a new HTTP/2 stream with its headers. Each call
+	// answers exactly what CallTool would: a response, or a failure as its
+	// code and message. The host cancels a stream it no longer wants: an
+	// extra idle one, one whose call's deadline passed or whose caller gave
+	// up mid-call (which must cancel that call's handler), all of them when
+	// the process is replaced; a cancelled stream is never used again. The
+	// plugin serves a stream until it is cancelled or the host closes its
+	// side (io.EOF). The host uses CallStream only with plugins whose
+	// DescribeResponse sets call_stream (added after CallTool: older plugins
+	// are called with CallTool).
+	CallStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamCallRequest, StreamCallResponse], error)
 }
 
 type pluginClient struct {
@@ -65,6 +80,19 @@ func (c *pluginClient) CallTool(ctx context.Context, in *CallToolRequest, opts .
 	return out, nil
 }
 
+func (c *pluginClient) CallStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamCallRequest, StreamCallResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Plugin_ServiceDesc.Streams[0], Plugin_CallStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamCallRequest, StreamCallResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Plugin_CallStreamClient = grpc.BidiStreamingClient[StreamCallRequest, StreamCallResponse]
+
 // PluginServer is the server API for Plugin service.
 // All implementations must embed UnimplementedPluginServer
 // for forward compatibility.
@@ -77,6 +105,20 @@ type PluginServer interface {
 	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
 	// CallTool runs one tool for the user named in the call's metadata.
 	CallTool(context.Context, *CallToolRequest) (*CallToolResponse, error)
+	// CallStream is a long-lived stream that carries one call at a time,
+	// sequentially: request, response, request, response... The host keeps a
+	// pool of idle streams, so that a call costs two messages on an open
+	// stream instead of a new HTTP/2 stream with its headers. Each call
+	// answers exactly what CallTool would: a response, or a failure as its
+	// code and message. The host cancels a stream it no longer wants: an
+	// extra idle one, one whose call's deadline passed or whose caller gave
+	// up mid-call (which must cancel that call's handler), all of them when
+	// the process is replaced; a cancelled stream is never used again. The
+	// plugin serves a stream until it is cancelled or the host closes its
+	// side (io.EOF). The host uses CallStream only with plugins whose
+	// DescribeResponse sets call_stream (added after CallTool: older plugins
+	// are called with CallTool).
+	CallStream(grpc.BidiStreamingServer[StreamCallRequest, StreamCallResponse]) error
 	mustEmbedUnimplementedPluginServer()
 }
 
@@ -92,6 +134,9 @@ func (UnimplementedPluginServer) Describe(context.Context, *DescribeRequest) (*D
 }
 func (UnimplementedPluginServer) CallTool(context.Context, *CallToolRequest) (*CallToolResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CallTool not implemented")
+}
+func (UnimplementedPluginServer) CallStream(grpc.BidiStreamingServer[StreamCallRequest, StreamCallResponse]) error {
+	return status.Error(codes.Unimplemented, "method CallStream not implemented")
 }
 func (UnimplementedPluginServer) mustEmbedUnimplementedPluginServer() {}
 func (UnimplementedPluginServer) testEmbeddedByValue()                {}
@@ -150,6 +195,13 @@ func _Plugin_CallTool_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Plugin_CallStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PluginServer).CallStream(&grpc.GenericServerStream[StreamCallRequest, StreamCallResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Plugin_CallStreamServer = grpc.BidiStreamingServer[StreamCallRequest, StreamCallResponse]
+
 // Plugin_ServiceDesc is the grpc.ServiceDesc for Plugin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,7 +218,14 @@ var Plugin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Plugin_CallTool_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "CallStream",
+			Handler:       _Plugin_CallStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "inboxd/plugin/v1/plugin.proto",
 }
 

@@ -85,9 +85,12 @@ func tools() []sdk.Tool {
 				}
 				return sdk.JSON(t)
 			}},
-		{Name: "sleep", Description: "sleeps ms milliseconds", InputSchema: obj,
+		{Name: "sleep", Description: "sleeps ms milliseconds; should the call end first, writes why to the report file, if named", InputSchema: obj,
 			Handler: func(ctx context.Context, call sdk.Call) (sdk.Result, error) {
-				var a struct{ Ms int }
+				var a struct {
+					Ms     int
+					Report string
+				}
 				if err := call.Bind(&a); err != nil {
 					return sdk.Errorf("%v", err), nil
 				}
@@ -95,6 +98,9 @@ func tools() []sdk.Tool {
 				case <-time.After(time.Duration(a.Ms) * time.Millisecond):
 					return sdk.Text("slept"), nil
 				case <-ctx.Done():
+					if a.Report != "" {
+						_ = os.WriteFile(a.Report, []byte(ctx.Err().Error()), 0o600)
+					}
 					return sdk.Result{}, ctx.Err()
 				}
 			}},
