@@ -29,10 +29,12 @@ type IMAPInbox struct {
 	watches map[userid.ID]*watch
 }
 
-// watch is a user's IDLE connection as polls see it.
+// watch is a user's IDLE connection as polls see it: ready closes once
+// the connection idles (idler is set) or failed to.
 type watch struct {
 	acct  mail.Account
-	idler atomic.Pointer[mail.Idler] // nil until it idles
+	ready chan struct{}
+	idler atomic.Pointer[mail.Idler]
 }
 
 // use runs f on a connection of user: the user's IDLE connection when there
@@ -40,6 +42,13 @@ type watch struct {
 // error (its protocol state is unknown) and released otherwise.
 func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account, f func(c *imapclient.Client) error) error {
 	if w := in.watching(user, acct); w != nil {
+		// A watch being set up is waited for (a dial at most), rather than
+		// a pooled connection opened beside it.
+		select {
+		case <-w.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		if i := w.idler.Load(); i != nil {
 			if lent, err := i.Borrow(ctx, f); lent {
 				return err
@@ -125,7 +134,21 @@ func (in *IMAPInbox) Message(ctx context.Context, user userid.ID, acct mail.Acco
 // pool: it is held for as long as the user is watched), which the user's
 // polls borrow between two IDLEs. No goroutine waits on it (see mail.Idler).
 func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Account, changed func(), ended func(error)) error {
-	w := &watch{acct: acct}
+	w := &watch{acct: acct, ready: make(chan struct{})}
+	in.mu.Lock()
+	if in.watches == nil {
+		in.watches = map[userid.ID]*watch{}
+	}
+	in.watches[user] = w
+	in.mu.Unlock()
+	unwatch := func() {
+		in.mu.Lock()
+		if in.watches[user] == w {
+			delete(in.watches, user)
+		}
+		in.mu.Unlock()
+	}
+	defer close(w.ready)
 	opts := in.Dial
 	opts.Unilateral = &imapclient.UnilateralDataHandler{
 		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
@@ -141,17 +164,15 @@ func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Accoun
 	}
 	c, err := mail.Dial(ctx, acct, opts)
 	if err != nil {
+		unwatch()
 		return err
 	}
 	i, err := mail.StartIdle(ctx, c, inboxMailbox, in.Idle, func(why error) {
-		in.mu.Lock()
-		if in.watches[user] == w {
-			delete(in.watches, user)
-		}
-		in.mu.Unlock()
+		unwatch()
 		ended(why)
 	})
 	if err != nil {
+		unwatch()
 		c.Close()
 		if errors.Is(err, mail.ErrIdleUnsupported) {
 			return ErrIdleUnsupported
@@ -164,12 +185,6 @@ func (in *IMAPInbox) Watch(ctx context.Context, user userid.ID, acct mail.Accoun
 		i.End(errors.New("poller: idle connection lost"))
 	default:
 	}
-	in.mu.Lock()
-	if in.watches == nil {
-		in.watches = map[userid.ID]*watch{}
-	}
-	in.watches[user] = w
-	in.mu.Unlock()
 	return nil
 }
 

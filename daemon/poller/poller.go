@@ -192,11 +192,16 @@ func (p *Poller) Run(ctx context.Context) error {
 		}
 		p.runq.close()
 		workers.Wait()
+		// A few releases at a time: each deletes a lease within a timeout
+		// of its own, which a thousand at once would spend queueing for
+		// SQLite's write lock.
+		slots := make(chan struct{}, 16)
 		for _, t := range stopping {
 			stops.Add(1)
+			slots <- struct{}{}
 			go func() {
-				defer stops.Done()
-				t.stop()
+				defer func() { <-slots; stops.Done() }()
+				t.stop(true)
 			}()
 		}
 		stops.Wait()
@@ -305,10 +310,15 @@ func (p *Poller) discover(ctx context.Context, stops *sync.WaitGroup) error {
 		return err
 	}
 	want := map[userid.ID]mail.Account{}
+	unread := map[userid.ID]bool{} // settings unreadable now: left as they are
 	for _, id := range ids {
 		st, err := p.settings.Get(ctx, id)
 		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // stopping: a partial read must not stop tenants
+			}
 			p.log.Warn("poller: read settings", "user_id", id, "error", err)
+			unread[id] = true
 			continue
 		}
 		if st.IMAPComplete() {
@@ -318,12 +328,15 @@ func (p *Poller) discover(ctx context.Context, stops *sync.WaitGroup) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for id, t := range p.tenants {
+		if unread[id] {
+			continue // a failed read is no reason to stop polling
+		}
 		if acct, ok := want[id]; !ok || acct != t.acct {
 			delete(p.tenants, id)
 			stops.Add(1)
 			go func() {
 				defer stops.Done()
-				t.stop()
+				t.stop(false)
 			}()
 		}
 	}

@@ -684,3 +684,56 @@ func TestWatchedTenantsCostTwoGoroutines(t *testing.T) {
 		t.Errorf("%d watched users added %d goroutines (pooled connections aside); want at most %d (two per user: go-imap's)", users, got, limit)
 	}
 }
+
+// flakySettings fails every read while failing is set.
+type flakySettings struct {
+	poller.Settings
+	failing atomic.Bool
+}
+
+func (s *flakySettings) Get(ctx context.Context, user userid.ID) (settings.Settings, error) {
+	if s.failing.Load() {
+		return settings.Settings{}, fmt.Errorf("settings store unreachable")
+	}
+	return s.Settings.Get(ctx, user)
+}
+
+// TestSettingsOutageKeepsPolling: a failed read of the settings (the store
+// unreachable for a while) is no reason to stop polling a user: the tenant,
+// its lease and its schedule stay as they were.
+func TestSettingsOutageKeepsPolling(t *testing.T) {
+	f := newFixture(t)
+	id, _ := f.user(t, "flaky@example.com", server{host: "imap.example.invalid", port: 993}, "q", "pw", workflow.FilterRules{})
+	inbox := &countingQuietInbox{quietInbox: quietInbox{polled: map[userid.ID]bool{}}}
+	st := &flakySettings{Settings: f.settings}
+	p, err := poller.New(poller.Config{Owner: "r1", Interval: 50 * time.Millisecond, Refresh: 20 * time.Millisecond},
+		f.kv, f.wf, st, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { stop(); <-done }()
+	waitFor(t, "first polls", 10*time.Second, func() bool { return inbox.n.Load() >= 3 })
+	st.failing.Store(true)
+	time.Sleep(100 * time.Millisecond) // several discovery rounds fail
+	before := inbox.n.Load()
+	time.Sleep(300 * time.Millisecond)
+	if got := inbox.n.Load() - before; got < 3 {
+		t.Errorf("%d polls in 300 ms while the settings could not be read; the user must go on being polled every 50 ms", got)
+	}
+	if h := leaseHolders(t, f.kv, []userid.ID{id})["r1"]; h != 1 {
+		t.Errorf("lease held by r1: %d, want 1", h)
+	}
+}
+
+type countingQuietInbox struct {
+	quietInbox
+	n atomic.Int64
+}
+
+func (c *countingQuietInbox) Status(ctx context.Context, user userid.ID, acct mail.Account) (poller.MailboxStatus, error) {
+	c.n.Add(1)
+	return c.quietInbox.Status(ctx, user, acct)
+}

@@ -71,10 +71,14 @@ func (t *tenant) start() {
 	t.keeper.start()
 }
 
-// stop ends the tenant: no poll or renewal starts after it, the renewal in
-// flight has ended, and the lease is released. A poll in flight is
-// cancelled (its context ends) and finished by its worker.
-func (t *tenant) stop() {
+// stop ends the tenant: no poll or renewal starts after it, and the renewal
+// in flight has ended. A poll in flight is cancelled (its context ends) and
+// finished by its worker. With release the lease is deleted, for another
+// replica to take at once (a clean shutdown); without, it runs out by itself
+// (a user no longer polled, or whose account changed: a new tenant of the
+// same user may be starting on this replica, and must not find its lease
+// deleted under it).
+func (t *tenant) stop(release bool) {
 	t.cancel()
 	t.mu.Lock()
 	t.stopped = true
@@ -82,7 +86,7 @@ func (t *tenant) stop() {
 		t.timer.Stop()
 	}
 	t.mu.Unlock()
-	t.keeper.stop()
+	t.keeper.stop(release)
 }
 
 // due queues the tenant for a worker, unless it is queued already.
@@ -221,6 +225,7 @@ func (k *leaseKeeper) tick() {
 	k.mu.Unlock()
 	defer k.inflight.Done()
 
+	started := time.Now()
 	taken := k.renew(k.t.ctx, renewEvery)
 	if taken {
 		k.t.leaseTaken()
@@ -229,7 +234,7 @@ func (k *leaseKeeper) tick() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.ticking = false
-	next := renewEvery
+	next := max(0, renewEvery-time.Since(started)) // every renewEvery, however long a renewal takes
 	if k.again {
 		k.again, next = false, 0
 	}
@@ -238,13 +243,16 @@ func (k *leaseKeeper) tick() {
 	}
 }
 
-// stop ends the renewals (waiting for the one in flight) and releases the
-// lease.
-func (k *leaseKeeper) stop() {
+// stop ends the renewals (waiting for the one in flight) and the holding,
+// and with release deletes the lease.
+func (k *leaseKeeper) stop(release bool) {
 	k.mu.Lock()
 	k.stopped = true
 	if k.timer != nil {
 		k.timer.Stop()
+	}
+	if !release {
+		k.until = time.Time{}
 	}
 	k.mu.Unlock()
 	k.inflight.Wait()
@@ -268,12 +276,15 @@ func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) (take
 	rctx, cancel := context.WithTimeout(ctx, renewEvery)
 	ok, err := t.holdLease(rctx, held)
 	cancel()
-	if ctx.Err() != nil {
-		return false
-	}
 	until := sent.Add(p.cfg.LeaseTTL - p.cfg.LeaseTTL/10)
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if ctx.Err() != nil {
+		if ok {
+			k.until = until // the tenant is stopping: release deletes what was just taken
+		}
+		return false
+	}
 	switch {
 	case ok && k.hold != nil && k.hold.Err() == nil:
 		k.expiry.Reset(time.Until(until))
