@@ -90,6 +90,28 @@ func (f *fixture) user(t *testing.T, email string, srv server, imapUser, imapPas
 	return u.ID, wf
 }
 
+// run builds a poller over the fixture's stores with inbox (and st, or the
+// fixture's settings when nil), its metrics in f.reg (one poller per
+// fixture), and runs it until the returned stop, which
+// waits for Run to return; the test's end stops it too.
+func (f *fixture) run(t *testing.T, cfg poller.Config, inbox poller.Inbox, st poller.Settings) (stop func()) {
+	t.Helper()
+	if st == nil {
+		st = f.settings
+	}
+	p, err := poller.New(cfg, f.kv, f.wf, st, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), f.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
 func (f *fixture) start(t *testing.T, cfg poller.Config) *poller.Poller {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -441,15 +463,8 @@ func TestTriggerStateRereadOnNewHolding(t *testing.T) {
 	id, wf := f.user(t, "u1@example.com", srv, "u1", "pw", workflow.FilterRules{})
 	inbox := &fetchCounter{Inbox: newInbox(t), fetched: map[uint32]int{}}
 	const ttl = 600 * time.Millisecond
-	p, err := poller.New(poller.Config{Owner: "r1", Interval: 50 * time.Millisecond, Refresh: 50 * time.Millisecond, LeaseTTL: ttl},
-		f.kv, f.wf, f.settings, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), f.reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { stop(); <-done }()
+	f.run(t, poller.Config{Owner: "r1", Interval: 50 * time.Millisecond, Refresh: 50 * time.Millisecond, LeaseTTL: ttl}, inbox, nil)
+	ctx := context.Background()
 
 	waitFor(t, "baseline", 5*time.Second, f.baselined(id))
 	baseline, err := f.kv.Get(ctx, id.Key("last_email_uid"))
@@ -524,15 +539,7 @@ func TestIdleConnectionServesPolls(t *testing.T) {
 	}
 	t.Cleanup(func() { pool.Close() })
 	inbox := &statusCounter{Inbox: &poller.IMAPInbox{Pool: pool}}
-	p, err := poller.New(poller.Config{Owner: "r1", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, IDLE: true},
-		f.kv, f.wf, f.settings, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { stop(); <-done }()
+	f.run(t, poller.Config{Owner: "r1", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, IDLE: true}, inbox, nil)
 
 	waitFor(t, "baseline", 10*time.Second, f.baselined(a))
 	for i := range 3 {
@@ -598,13 +605,7 @@ func TestTenantsCostNoGoroutines(t *testing.T) {
 	inbox := &quietInbox{polled: map[userid.ID]bool{}}
 	cfg := poller.Config{Owner: "r1", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, Workers: 4}
 	before := runtime.NumGoroutine()
-	p, err := poller.New(cfg, f.kv, f.wf, f.settings, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
+	stop := f.run(t, cfg, inbox, nil)
 	waitFor(t, "every user polled", 20*time.Second, func() bool { return inbox.users() == users })
 	most := 0
 	for range 20 { // polls go on meanwhile: a timer's goroutine lives for one callback
@@ -618,7 +619,6 @@ func TestTenantsCostNoGoroutines(t *testing.T) {
 		t.Errorf("%d tenants added up to %d goroutines; want at most %d (none per tenant)", users, most, limit)
 	}
 	stop()
-	<-done
 	if got := runtime.NumGoroutine() - before; got > users/10 {
 		t.Errorf("%d goroutines left after Run returned", got)
 	}
@@ -656,14 +656,7 @@ func TestWatchedTenantsCostTwoGoroutines(t *testing.T) {
 	t.Cleanup(func() { pool.Close() })
 	cfg := poller.Config{Owner: "r1", Interval: time.Hour, Jitter: 0.0001, Refresh: 50 * time.Millisecond, Workers: 2, IDLE: true}
 	before := runtime.NumGoroutine()
-	p, err := poller.New(cfg, f.kv, f.wf, f.settings, &poller.IMAPInbox{Pool: pool}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { stop(); <-done }()
+	f.run(t, cfg, &poller.IMAPInbox{Pool: pool}, nil)
 	for _, id := range ids {
 		waitFor(t, "baseline", 20*time.Second, f.baselined(id))
 	}
@@ -704,17 +697,9 @@ func (s *flakySettings) Get(ctx context.Context, user userid.ID) (settings.Setti
 func TestSettingsOutageKeepsPolling(t *testing.T) {
 	f := newFixture(t)
 	id, _ := f.user(t, "flaky@example.com", server{host: "imap.example.invalid", port: 993}, "q", "pw", workflow.FilterRules{})
-	inbox := &countingQuietInbox{quietInbox: quietInbox{polled: map[userid.ID]bool{}}}
+	inbox := &statusCounter{Inbox: &quietInbox{polled: map[userid.ID]bool{}}}
 	st := &flakySettings{Settings: f.settings}
-	p, err := poller.New(poller.Config{Owner: "r1", Interval: 50 * time.Millisecond, Refresh: 20 * time.Millisecond},
-		f.kv, f.wf, st, inbox, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { stop(); <-done }()
+	f.run(t, poller.Config{Owner: "r1", Interval: 50 * time.Millisecond, Refresh: 20 * time.Millisecond}, inbox, st)
 	waitFor(t, "first polls", 10*time.Second, func() bool { return inbox.n.Load() >= 3 })
 	st.failing.Store(true)
 	time.Sleep(100 * time.Millisecond) // several discovery rounds fail
@@ -726,14 +711,4 @@ func TestSettingsOutageKeepsPolling(t *testing.T) {
 	if h := leaseHolders(t, f.kv, []userid.ID{id})["r1"]; h != 1 {
 		t.Errorf("lease held by r1: %d, want 1", h)
 	}
-}
-
-type countingQuietInbox struct {
-	quietInbox
-	n atomic.Int64
-}
-
-func (c *countingQuietInbox) Status(ctx context.Context, user userid.ID, acct mail.Account) (poller.MailboxStatus, error) {
-	c.n.Add(1)
-	return c.quietInbox.Status(ctx, user, acct)
 }

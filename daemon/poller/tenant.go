@@ -105,13 +105,7 @@ func (t *tenant) due() {
 func (t *tenant) poke() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	switch {
-	case t.stopped:
-	case t.queued:
-		t.again = true
-	default:
-		t.timer.Reset(0)
-	}
+	t.pollByLocked(time.Time{})
 }
 
 // leaseTaken: the lease was just taken; poll when due (at once if the poll
@@ -119,12 +113,19 @@ func (t *tenant) poke() {
 func (t *tenant) leaseTaken() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.pollByLocked(t.next)
+}
+
+// pollByLocked moves the next poll to at (now when at has passed). A poll
+// queued or in flight is followed by another at once instead: it may have
+// found nothing new, or the lease not held, just before.
+func (t *tenant) pollByLocked(at time.Time) {
 	switch {
 	case t.stopped:
 	case t.queued:
-		t.again = true // the poll in flight may have found the lease not held
+		t.again = true
 	default:
-		t.timer.Reset(max(0, time.Until(t.next)))
+		t.timer.Reset(max(0, time.Until(at)))
 	}
 }
 
