@@ -580,6 +580,13 @@ func apiKeyIn(t *testing.T, out string) string {
 // the spy plugin saw and the stores' contents, and scans it all.
 func (p *leakProbe) finish() {
 	t := p.t
+	// The plugins running now (the built-in imap and tone, and the spy
+	// from the plugin directory when it is up): none may outlive the
+	// daemon (issue #5).
+	plugins := childProcesses(t, p.d.cmd.Process.Pid)
+	if len(plugins) < 2 {
+		t.Errorf("%d plugin processes before SIGTERM (%v); want at least imap and tone", len(plugins), plugins)
+	}
 	if err := p.d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -590,6 +597,11 @@ func (p *leakProbe) finish() {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("no exit within 60 s of SIGTERM")
+	}
+	for pid, cmdline := range plugins {
+		if now, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline")); err == nil && string(now) == cmdline {
+			t.Errorf("plugin process %s (%q) outlived the daemon after SIGTERM", pid, strings.ReplaceAll(cmdline, "\x00", " "))
+		}
 	}
 	log, err := os.ReadFile(p.d.logPath)
 	if err != nil {

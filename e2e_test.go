@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -591,6 +592,31 @@ func TestDemoProcessesMailAndStopsCleanly(t *testing.T) {
 	if left := pluginProcesses(t, d.bin); len(left) > 0 {
 		t.Errorf("plugin processes outlived the daemon: %v", left)
 	}
+}
+
+// childProcesses returns the children of pid (its plugins), pid -> cmdline.
+func childProcesses(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
+		rest := string(stat[strings.LastIndexByte(string(stat), ')')+1:])
+		if f := strings.Fields(rest); len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			continue
+		}
+		if cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil {
+			out[e.Name()] = string(cmdline)
+		}
+	}
+	return out
 }
 
 // pluginProcesses lists the pids of `BIN plugin serve ...` processes.
