@@ -50,7 +50,11 @@ func senderAddress(from string) string {
 		return ""
 	}
 	if a, err := mail.ParseAddress(from); err == nil {
-		return strings.ToLower(a.Address)
+		addr := strings.ToLower(a.Address)
+		if addr != strings.TrimSpace(addr) {
+			return "" // a quoted local part of spaces (" "@x): no trimmed rule entry can name it
+		}
+		return addr
 	}
 	s := from
 	if lt := strings.LastIndexByte(s, '<'); lt >= 0 {
