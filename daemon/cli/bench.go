@@ -272,7 +272,7 @@ type benchDetec struct {
 }
 
 type benchCheck struct {
-	Count            int64   `json:"count"` // STATUS checks in the window
+	Count            int64   `json:"count"` // INBOX checks in the window (a STATUS, or a NOOP on the kept selection)
 	PerSecond        float64 `json:"per_second"`
 	AskedPerSecond   float64 `json:"asked_per_second"` // users / mean period
 	PollErrors       int64   `json:"poll_errors"`      // inboxd_polls_total{result!="ok"} in the window
@@ -569,7 +569,7 @@ func waitBaseline(ctx context.Context, o *benchPollOptions, reg *prometheus.Regi
 	}
 }
 
-// countingInbox counts the poller's checks (one STATUS per poll) and IDLE
+// countingInbox counts the poller's INBOX checks (one per poll) and IDLE
 // sessions.
 type countingInbox struct {
 	poller.Inbox
@@ -964,7 +964,7 @@ func (rep *benchReport) writeText(w io.Writer) error {
 	fmt.Fprintf(&b, "  detection   %d once · %d missing · %d duplicate · %d misrouted · %d unexpected\n", dt.DetectedOnce, dt.Missing, dt.Duplicates, dt.Misrouted, dt.Unexpected)
 	fmt.Fprintf(&b, "  latency     p50 %.0f ms · p90 %.0f ms · p99 %.0f ms · max %.0f ms · mean %.0f ms · slowest %v ms (delivery = just before APPEND -> instance queued)\n", dt.P50Ms, dt.P90Ms, dt.P99Ms, dt.MaxMs, dt.MeanMs, dt.SlowestMs)
 	c := rep.Checks
-	fmt.Fprintf(&b, "  checks      %.0f/s (%d STATUS in the window, asked %.0f/s) · %d poll errors · %d IDLE restarts · poll lag mean %.1f ms · poll mean %.2f ms\n",
+	fmt.Fprintf(&b, "  checks      %.0f/s (%d in the window, asked %.0f/s) · %d poll errors · %d IDLE restarts · poll lag mean %.1f ms · poll mean %.2f ms\n",
 		c.PerSecond, c.Count, c.AskedPerSecond, c.PollErrors, c.IdleRestarts, c.PollLagMeanMs, c.PollDurationMean)
 	cpu := rep.CPU
 	server := "unknown (give --server-pid)"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -43,12 +44,93 @@ func CheckMailbox(ctx context.Context, c *imapclient.Client, mailbox string) (Ma
 		}
 		if st.UIDNext == 0 {
 			// Some servers omit UIDNEXT: one past the newest UID means the same.
-			newest, err := newestUID(c, mailbox)
+			sel, err := examine(c, mailbox)
+			if err != nil {
+				return err
+			}
+			newest, err := newestSelectedUID(c, mailbox, sel.NumMessages)
 			if err != nil {
 				return err
 			}
 			st.UIDNext = newest + 1
 		}
+		return nil
+	})
+	return st, err
+}
+
+// selectionTrust bounds how long Conn.CheckMailbox trusts a selection it
+// made: past it the mailbox is examined afresh, so that a server that
+// swapped the mailbox under the session without a word (no EXISTS, no BYE)
+// is noticed all the same.
+const selectionTrust = time.Minute
+
+// selection is a read-only selection of a mailbox that Conn.CheckMailbox
+// made on a pooled connection, and what the EXAMINE reported.
+type selection struct {
+	mailbox string // "": none
+	changes uint64 // the connection's change count just before the EXAMINE
+	at      time.Time
+	state   MailboxState
+}
+
+// current reports whether the selection still tells the mailbox's state:
+// no EXISTS or EXPUNGE since, not too old.
+func (s *selection) current(mailbox string, changes uint64) bool {
+	return s.mailbox != "" && s.mailbox == mailbox && changes == s.changes && time.Since(s.at) < selectionTrust
+}
+
+// CheckMailbox returns what the package's CheckMailbox returns, but leaves
+// mailbox selected (read-only) on the connection, so that the next check of
+// the same mailbox on it is one NOOP instead of a STATUS: about half of
+// Dovecot's work. An IMAP server must report a new message in the selected
+// mailbox with EXISTS in answer to any command (RFC 3501 7.3.1), and the
+// pool counts those (and EXPUNGE) for every connection; so when a NOOP
+// brings neither, and nothing but checks used the connection meanwhile (any
+// Client call forgets the selection), UIDNEXT and UIDVALIDITY are what the
+// last EXAMINE said. Any change, or a selection older than a minute, is
+// examined afresh.
+func (c *Conn) CheckMailbox(ctx context.Context, mailbox string) (MailboxState, error) {
+	if err := checkMailboxName(mailbox); err != nil {
+		return MailboxState{}, fmt.Errorf("mail: check mailbox: %v", err)
+	}
+	pc, client := c.pc, c.pc.client
+	var st MailboxState
+	err := withContext(ctx, client, func() error {
+		s := &pc.selected
+		if s.current(mailbox, pc.changes.Load()) {
+			if err := client.Noop().Wait(); err != nil {
+				*s = selection{}
+				return fmt.Errorf("mail: check %s: noop: %w", mailbox, err)
+			}
+			// The NOOP's answer came after every response before it, so
+			// the client's state is settled: still our mailbox, unchanged?
+			if mb := client.Mailbox(); mb != nil && mb.Name == mailbox && s.current(mailbox, pc.changes.Load()) {
+				st = s.state
+				return nil
+			}
+		}
+		// Counted before the EXAMINE: an EXISTS that comes after its answer
+		// is a change at the next check (none is lost in between).
+		*s = selection{}
+		changes, at := pc.changes.Load(), time.Now()
+		sel, err := examine(client, mailbox)
+		if err != nil {
+			return err
+		}
+		st = MailboxState{UIDValidity: sel.UIDValidity, UIDNext: uint32(sel.UIDNext), Messages: sel.NumMessages}
+		if st.UIDValidity == 0 {
+			return fmt.Errorf("mail: examine %s: the server sent no UIDVALIDITY", mailbox)
+		}
+		if st.UIDNext == 0 {
+			// Some servers omit UIDNEXT: one past the newest UID means the same.
+			newest, err := newestSelectedUID(client, mailbox, sel.NumMessages)
+			if err != nil {
+				return err
+			}
+			st.UIDNext = newest + 1
+		}
+		*s = selection{mailbox: mailbox, changes: changes, at: at, state: st}
 		return nil
 	})
 	return st, err
@@ -124,13 +206,10 @@ func leaveMailbox(c *imapclient.Client) error {
 	return nil
 }
 
-// newestUID returns the highest UID of mailbox (0 when it is empty).
-func newestUID(c *imapclient.Client, mailbox string) (uint32, error) {
-	sel, err := examine(c, mailbox)
-	if err != nil {
-		return 0, err
-	}
-	if sel.NumMessages == 0 {
+// newestSelectedUID returns the highest UID of mailbox, just selected with
+// numMessages messages (0 when it is empty).
+func newestSelectedUID(c *imapclient.Client, mailbox string, numMessages uint32) (uint32, error) {
+	if numMessages == 0 {
 		return 0, nil
 	}
 	msgs, err := c.Fetch(imap.SeqSet{imap.SeqRange{Start: 0, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()

@@ -91,6 +91,15 @@ type poolConn struct {
 	gen      uint64
 	client   *imapclient.Client
 	lastUsed time.Time // when it was last released
+
+	// changes counts the EXISTS and EXPUNGE responses the server sent
+	// outside a SELECT (see Conn.CheckMailbox); written by the client's
+	// reader goroutine.
+	changes atomic.Uint64
+	// selected is the read-only selection Conn.CheckMailbox last made, as
+	// long as nothing else used the connection (Conn.Client); owned by the
+	// borrower.
+	selected selection
 }
 
 type accountKey [sha256.Size]byte
@@ -124,8 +133,12 @@ type Conn struct {
 	done atomic.Bool
 }
 
-// Client returns the logged-in IMAP client.
-func (c *Conn) Client() *imapclient.Client { return c.pc.client }
+// Client returns the logged-in IMAP client. The caller may select anything
+// on it, so the selection CheckMailbox keeps is forgotten.
+func (c *Conn) Client() *imapclient.Client {
+	c.pc.selected = selection{}
+	return c.pc.client
+}
 
 // Release returns the connection to the pool for reuse. The caller must have
 // finished every command (and stopped any IDLE). A connection that was
@@ -348,7 +361,10 @@ func (p *Pool) forgetLocked(key string, u *poolUser) {
 }
 
 func (p *Pool) dialNew(ctx context.Context, key string, hash accountKey, gen uint64, acct Account) (*Conn, error) {
-	client, err := p.dial(ctx, acct, p.opts.Dial)
+	pc := &poolConn{key: key, hash: hash, gen: gen}
+	opts := p.opts.Dial
+	opts.Unilateral = countChanges(opts.Unilateral, &pc.changes)
+	client, err := p.dial(ctx, acct, opts)
 	if err != nil {
 		p.mu.Lock()
 		p.freeSlotLocked(key)
@@ -357,7 +373,34 @@ func (p *Pool) dialNew(ctx context.Context, key string, hash accountKey, gen uin
 	}
 	p.dials.Add(1)
 	p.gauge.Inc()
-	return &Conn{pool: p, pc: &poolConn{key: key, hash: hash, gen: gen, client: client}}, nil
+	pc.client = client
+	return &Conn{pool: p, pc: pc}, nil
+}
+
+// countChanges returns h (nil: none) with its mailbox-size handlers also
+// counting into n: every EXISTS and EXPUNGE the server sends outside a
+// SELECT.
+func countChanges(h *imapclient.UnilateralDataHandler, n *atomic.Uint64) *imapclient.UnilateralDataHandler {
+	var out imapclient.UnilateralDataHandler
+	if h != nil {
+		out = *h
+	}
+	mailbox, expunge := out.Mailbox, out.Expunge
+	out.Mailbox = func(d *imapclient.UnilateralDataMailbox) {
+		if d.NumMessages != nil {
+			n.Add(1)
+		}
+		if mailbox != nil {
+			mailbox(d)
+		}
+	}
+	out.Expunge = func(seqNum uint32) {
+		n.Add(1)
+		if expunge != nil {
+			expunge(seqNum)
+		}
+	}
+	return &out
 }
 
 // freeSlotLocked gives back one of key's slots and wakes waiters.

@@ -476,76 +476,10 @@ func TestPoolMaxIdleSweep(t *testing.T) {
 	}
 }
 
-// freezeProxy forwards TCP to target; Freeze makes every connection open at
-// that moment silently stop forwarding (a half-open connection), while new
-// connections work.
-type freezeProxy struct {
-	addr   string
-	mu     sync.Mutex
-	frozen []*atomic.Bool
-}
-
-func newFreezeProxy(t *testing.T, target string) *freezeProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	fp := &freezeProxy{addr: ln.Addr().String()}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			frozen := new(atomic.Bool)
-			fp.mu.Lock()
-			fp.frozen = append(fp.frozen, frozen)
-			fp.mu.Unlock()
-			pipe := func(dst, src net.Conn) {
-				buf := make([]byte, 4096)
-				for {
-					n, err := src.Read(buf)
-					if n > 0 && !frozen.Load() {
-						dst.Write(buf[:n])
-					}
-					if err != nil {
-						if !frozen.Load() {
-							dst.Close()
-						}
-						return
-					}
-				}
-			}
-			go pipe(up, c)
-			go pipe(c, up)
-			t.Cleanup(func() { c.Close(); up.Close() })
-		}
-	}()
-	return fp
-}
-
-func (fp *freezeProxy) Freeze() {
-	fp.mu.Lock()
-	defer fp.mu.Unlock()
-	for _, f := range fp.frozen {
-		f.Store(true)
-	}
-}
-
 func TestPoolIdleCheckDetectsHalfOpen(t *testing.T) {
 	srv, accts := memAccounts(t, 1)
-	proxy := newFreezeProxy(t, net.JoinHostPort(srv.Host, strconv.Itoa(srv.Port)))
-	host, portStr, _ := net.SplitHostPort(proxy.addr)
-	port, _ := strconv.Atoi(portStr)
-	acct := accts[0]
-	acct.Server, acct.Port = host, port
+	proxy := newTestProxy(t, net.JoinHostPort(srv.Host, strconv.Itoa(srv.Port)))
+	acct := proxy.account(accts[0])
 
 	p := newTestPool(t, PoolOptions{IdleCheck: 10 * time.Millisecond, Dial: DialOptions{Timeout: 300 * time.Millisecond}})
 	ctx := context.Background()

@@ -24,17 +24,18 @@ import (
 
 // Hostile answers of hostileIMAP.
 const (
-	// The STATUS answer is garbage.
+	// The answer to the INBOX check (STATUS, or the EXAMINE and NOOP of a
+	// connection that keeps the INBOX selected) is garbage.
 	modeMalformedStatus = "malformed-status"
 	// The FETCH of the new message's body has broken syntax.
 	modeMalformedFetch = "malformed-fetch"
 	// The FETCH of the new message's body announces a literal of 5 GB,
 	// sends a few KB of it, then stalls.
 	modeHugeLiteral = "huge-literal"
-	// Before the STATUS answer, an untagged line that never ends: 'a's
+	// Before the check's answer, an untagged line that never ends: 'a's
 	// until the client hangs up (at most 1 GiB), then a stall.
 	modeEndlessLine = "endless-line"
-	// The STATUS answer announces a literal of 5 GB where the mailbox name
+	// The check's answer announces a literal of 5 GB where a mailbox name
 	// (a small string) belongs, sends a few KB of it, then stalls.
 	modeHugeLiteralStatus = "huge-literal-status"
 )
@@ -47,9 +48,10 @@ const (
 )
 
 // hostileIMAP is a fake IMAP4rev1 server for tests that speaks just enough
-// of the protocol for the poller's path (STATUS, EXAMINE, FETCH by UID and
-// sequence number) over plain TCP, and answers with mode once armed. A mail
-// arrives with deliver; the server's only user accepts any password.
+// of the protocol for the poller's path (STATUS, EXAMINE, NOOP with EXISTS
+// for new mail, FETCH by UID and sequence number) over plain TCP, and
+// answers with mode once armed. A mail arrives with deliver; the server's
+// only user accepts any password.
 type hostileIMAP struct {
 	t    *testing.T
 	ln   net.Listener
@@ -147,7 +149,14 @@ func (s *hostileIMAP) snapshot() [][]byte {
 // reads until the client hangs up.
 var errStall = errors.New("hostileIMAP: stall")
 
+// hostileSession is what one session has seen of the INBOX.
+type hostileSession struct {
+	selected bool
+	known    int // messages announced with EXISTS
+}
+
 func (s *hostileIMAP) serve(conn net.Conn) {
+	var sess hostileSession
 	r := bufio.NewReader(conn)
 	w := bufio.NewWriter(conn)
 	fmt.Fprint(w, "* OK [CAPABILITY IMAP4rev1 UNSELECT UIDPLUS] ready\r\n")
@@ -161,7 +170,7 @@ func (s *hostileIMAP) serve(conn net.Conn) {
 		}
 		line = strings.TrimRight(line, "\r\n")
 		tag, rest, _ := strings.Cut(line, " ")
-		err = s.command(w, tag, rest)
+		err = s.command(w, &sess, tag, rest)
 		if ferr := w.Flush(); err == nil {
 			err = ferr
 		}
@@ -176,7 +185,7 @@ func (s *hostileIMAP) serve(conn net.Conn) {
 }
 
 // command answers one tagged command; io.EOF ends the session.
-func (s *hostileIMAP) command(w *bufio.Writer, tag, line string) error {
+func (s *hostileIMAP) command(w *bufio.Writer, sess *hostileSession, tag, line string) error {
 	verb, args, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	uid := false
@@ -196,7 +205,19 @@ func (s *hostileIMAP) command(w *bufio.Writer, tag, line string) error {
 	case "CAPABILITY":
 		fmt.Fprint(w, "* CAPABILITY IMAP4rev1 UNSELECT UIDPLUS\r\n")
 		return ok("done")
-	case "NOOP", "UNSELECT", "CLOSE", "CHECK":
+	case "NOOP", "CHECK":
+		if sess.selected {
+			if hostile, err := s.hostileCheck(w); hostile {
+				return err
+			}
+			if len(msgs) != sess.known {
+				fmt.Fprintf(w, "* %d EXISTS\r\n", len(msgs))
+				sess.known = len(msgs)
+			}
+		}
+		return ok(strings.ToLower(verb) + " done")
+	case "UNSELECT", "CLOSE":
+		sess.selected = false
 		return ok(strings.ToLower(verb) + " done")
 	case "LOGOUT":
 		fmt.Fprint(w, "* BYE bye\r\n")
@@ -205,6 +226,10 @@ func (s *hostileIMAP) command(w *bufio.Writer, tag, line string) error {
 	case "STATUS":
 		return s.status(w, tag, len(msgs))
 	case "SELECT", "EXAMINE":
+		if hostile, err := s.hostileCheck(w); hostile {
+			return err
+		}
+		sess.selected, sess.known = true, len(msgs)
 		fmt.Fprintf(w, "* %d EXISTS\r\n* 0 RECENT\r\n* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)\r\n", len(msgs))
 		fmt.Fprintf(w, "* OK [UIDVALIDITY %d] valid\r\n* OK [UIDNEXT %d] next\r\n", hostileValidity, len(msgs)+1)
 		return ok("[READ-ONLY] " + strings.ToLower(verb) + " done")
@@ -221,29 +246,40 @@ func (s *hostileIMAP) command(w *bufio.Writer, tag, line string) error {
 	return err
 }
 
+// status answers STATUS INBOX.
 func (s *hostileIMAP) status(w *bufio.Writer, tag string, n int) error {
+	if hostile, err := s.hostileCheck(w); hostile {
+		return err
+	}
+	fmt.Fprintf(w, "* STATUS INBOX (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n", n, n+1, hostileValidity)
+	_, err := fmt.Fprintf(w, "%s OK status done\r\n", tag)
+	return err
+}
+
+// hostileCheck sends the hostile answer to an INBOX check, when armed in a
+// check mode; errStall ends the session after it.
+func (s *hostileIMAP) hostileCheck(w *bufio.Writer) (hostile bool, err error) {
 	switch {
 	case s.hostileNow(modeMalformedStatus):
 		s.hostile.Add(1)
 		fmt.Fprint(w, "* STATUS INBOX (MESSAGES x UIDNEXT ))(\r\n")
+		return false, nil // and the normal answer after it
 	case s.hostileNow(modeHugeLiteralStatus):
 		s.hostile.Add(1)
 		fmt.Fprintf(w, "* STATUS %s\r\n%s", hostileLiteral, strings.Repeat("a", hostileTrickle))
-		return errStall
+		return true, errStall
 	case s.hostileNow(modeEndlessLine):
 		s.hostile.Add(1)
 		fmt.Fprint(w, "* ")
 		chunk := strings.Repeat("a", 64<<10)
 		for sent := 0; sent < hostileLineSize; sent += len(chunk) {
 			if _, err := w.WriteString(chunk); err != nil {
-				return err // the client hung up
+				return true, err // the client hung up
 			}
 		}
-		return errStall
+		return true, errStall
 	}
-	fmt.Fprintf(w, "* STATUS INBOX (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n", n, n+1, hostileValidity)
-	_, err := fmt.Fprintf(w, "%s OK status done\r\n", tag)
-	return err
+	return false, nil
 }
 
 // fetch answers FETCH and UID FETCH of UID, FLAGS, INTERNALDATE,

@@ -38,9 +38,10 @@ type watch struct {
 }
 
 // use runs f on a connection of user: the user's IDLE connection when there
-// is one, else a pooled one. A pooled connection is discarded after any
-// error (its protocol state is unknown) and released otherwise.
-func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account, f func(c *imapclient.Client) error) error {
+// is one, else a pooled one (given to pooled instead, when set). A pooled
+// connection is discarded after any error (its protocol state is unknown)
+// and released otherwise.
+func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account, f func(c *imapclient.Client) error, pooled func(conn *mail.Conn) error) error {
 	if w := in.watching(user, acct); w != nil {
 		// A watch being set up is waited for (a dial at most), rather than
 		// a pooled connection opened beside it.
@@ -59,7 +60,12 @@ func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account,
 	if err != nil {
 		return err
 	}
-	if err := f(conn.Client()); err != nil {
+	if pooled == nil {
+		err = f(conn.Client())
+	} else {
+		err = pooled(conn)
+	}
+	if err != nil {
 		conn.Discard()
 		return err
 	}
@@ -67,12 +73,17 @@ func (in *IMAPInbox) use(ctx context.Context, user userid.ID, acct mail.Account,
 	return nil
 }
 
-// Status is one STATUS of INBOX.
+// Status checks INBOX: one STATUS on a user's IDLE connection; on a pooled
+// one, most often a NOOP on the INBOX it keeps selected (mail.Conn.CheckMailbox).
 func (in *IMAPInbox) Status(ctx context.Context, user userid.ID, acct mail.Account) (MailboxStatus, error) {
 	var st mail.MailboxState
 	err := in.use(ctx, user, acct, func(c *imapclient.Client) error {
 		var err error
 		st, err = mail.CheckMailbox(ctx, c, inboxMailbox)
+		return err
+	}, func(conn *mail.Conn) error {
+		var err error
+		st, err = conn.CheckMailbox(ctx, inboxMailbox)
 		return err
 	})
 	return MailboxStatus{UIDValidity: st.UIDValidity, UIDNext: st.UIDNext}, err
@@ -85,7 +96,7 @@ func (in *IMAPInbox) NewUIDs(ctx context.Context, user userid.ID, acct mail.Acco
 		var err error
 		uids, err = mail.UIDsAfter(ctx, c, inboxMailbox, after, limit)
 		return err
-	})
+	}, nil)
 	return uids, err
 }
 
@@ -126,7 +137,7 @@ func (in *IMAPInbox) Message(ctx context.Context, user userid.ID, acct mail.Acco
 			return nil
 		}
 		return fmt.Errorf("poller: uid %d not in its own thread: %w", uid, mail.ErrMessageNotFound)
-	})
+	}, nil)
 	return out, err
 }
 

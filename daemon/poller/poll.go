@@ -88,7 +88,7 @@ func (p *Poller) pollOnce(ctx context.Context, user userid.ID, acct mail.Account
 		return 0, nil
 	}
 	if st.UIDNext != 0 && st.UIDNext <= last+1 {
-		return 0, nil // nothing new: the common case costs one STATUS
+		return 0, nil // nothing new: the common case costs one check (Inbox.Status)
 	}
 	uids, err := p.inbox.NewUIDs(ctx, user, acct, last, p.cfg.BatchLimit)
 	if err != nil {
