@@ -140,6 +140,11 @@ type Host struct {
 	runCtx  context.Context // the plugins' lifetime: ended by Close
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
+	// sockDir holds the plugins' gRPC sockets (go-plugin's
+	// PLUGIN_UNIX_SOCKET_DIR). A plugin that is killed cannot remove its
+	// socket; in a directory of the host's own, Close removes them all,
+	// instead of leaving one in $TMPDIR per crash or restart.
+	sockDir string
 }
 
 var _ tools.Caller = (*Host)(nil)
@@ -204,7 +209,12 @@ func (h *Host) Start(ctx context.Context) error {
 		h.mu.Unlock()
 		return errors.New("pluginhost: Start called twice")
 	}
-	h.started = true
+	sockDir, err := os.MkdirTemp("", "inboxd-plugins-")
+	if err != nil {
+		h.mu.Unlock()
+		return fmt.Errorf("pluginhost: directory for plugin sockets: %w", err)
+	}
+	h.started, h.sockDir = true, sockDir
 	runCtx, stop := context.WithCancel(context.Background())
 	h.runCtx, h.stop = runCtx, stop
 	var added []*managed
@@ -372,6 +382,14 @@ func (h *Host) Close() {
 		stop()
 	}
 	h.wg.Wait()
+	h.mu.RLock()
+	sockDir := h.sockDir
+	h.mu.RUnlock()
+	if sockDir != "" {
+		if err := os.RemoveAll(sockDir); err != nil {
+			h.log.Warn("pluginhost: remove the plugin socket directory", "dir", sockDir, "err", err)
+		}
+	}
 }
 
 // State of a plugin.

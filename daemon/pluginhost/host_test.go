@@ -392,6 +392,44 @@ func mustJSON(v any) string {
 	return string(b)
 }
 
+// TestPluginSocketsLeaveWithTheHost: a plugin's gRPC socket lives in the
+// host's own directory, and Close removes it with the sockets that killed
+// plugins could not remove themselves; nothing is left in $TMPDIR.
+func TestPluginSocketsLeaveWithTheHost(t *testing.T) {
+	e := startHost(t, []string{"test"}, nil, func(c *Config) { c.MinBackoff = 10 * time.Millisecond })
+	dir := e.h.sockDir
+	sockets := func() []string {
+		t.Helper()
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, de := range entries {
+			if de.Type()&os.ModeSocket != 0 {
+				names = append(names, de.Name())
+			}
+		}
+		return names
+	}
+	if got := sockets(); len(got) != 1 {
+		t.Fatalf("sockets in %s: %v, want the running plugin's", dir, got)
+	}
+	m := e.managed("test")
+	p, _ := m.current()
+	if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, m, p)
+	if got := sockets(); len(got) != 2 {
+		t.Fatalf("sockets in %s after a kill and a restart: %v, want the killed plugin's and the new one's", dir, got)
+	}
+	e.h.Close()
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("after Close, %s: %v; want it removed", dir, err)
+	}
+}
+
 // TestCrashRestart kills the plugin during a call: that call fails with a
 // clear error, calls fail fast during the outage, and the restarted plugin
 // serves the next call.

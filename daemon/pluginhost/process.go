@@ -440,7 +440,7 @@ func childEnv() []string {
 // describes it.
 func (m *managed) launch(ctx context.Context) (_ *proc, err error) {
 	cmd := exec.Command(m.src.path, m.src.args...)
-	cmd.Env = childEnv()
+	cmd.Env = append(childEnv(), plugin.EnvUnixSocketDir+"="+m.h.sockDir)
 	// Its own process group (killed whole on Close), and killed by the
 	// kernel should the daemon die without closing it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
