@@ -668,7 +668,8 @@ func secretsOf(a Account) []string {
 		s = append(s, base64.StdEncoding.EncodeToString(ir), a.OAuthToken)
 	}
 	if a.Password != "" {
-		quoted := strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a.Password)
+		// As an IMAP quoted string carries it (backslashes first).
+		quoted := strings.ReplaceAll(strings.ReplaceAll(a.Password, `\`, `\\`), `"`, `\"`)
 		if quoted != a.Password {
 			s = append(s, quoted)
 		}
