@@ -217,9 +217,16 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "bad_request", "invalid JSON body: "+err.Error())
 		return false
 	}
-	if dec.More() {
+	if !atEnd(dec) {
 		writeError(w, http.StatusBadRequest, "bad_request", "invalid JSON body: trailing data")
 		return false
 	}
 	return true
+}
+
+// atEnd reports whether nothing but white space follows the value dec has
+// decoded. (dec.More misses a stray '}' or ']' after it.)
+func atEnd(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
 }

@@ -338,6 +338,11 @@ func TestAdminAPI(t *testing.T) {
 	if code, _ := e.do(t, request{method: "POST", path: "/api/v1/users", bearer: keyAdmin, body: `{"email":"x@example.com","role":"god"}`}); code != 400 {
 		t.Errorf("unknown field: %d, want 400", code)
 	}
+	for _, body := range []string{`{"email":"y@example.com"} {}`, `{"email":"y@example.com"}}`} {
+		if code, _ := e.do(t, request{method: "POST", path: "/api/v1/users", bearer: keyAdmin, body: body}); code != 400 {
+			t.Errorf("trailing data %s: %d, want 400", body, code)
+		}
+	}
 	code, keyBody := e.do(t, request{method: "POST", path: "/api/v1/users/" + id + "/api-keys", bearer: keyAdmin, body: `{"name":"laptop"}`})
 	if code != 201 {
 		t.Fatalf("create key: %d %v", code, keyBody)

@@ -111,7 +111,7 @@ func decodeStrict(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
-	if err == nil && dec.More() {
+	if err == nil && !atEnd(dec) {
 		return invalid("body", "trailing data after the JSON value")
 	}
 	if err == nil {

@@ -205,6 +205,8 @@ func TestWorkflowValidation(t *testing.T) {
 	post(`{"name":"x","steps":[{"name":"a","kind":"llm","temperature":1}]}`, "temperature", "")
 	post(`{"name":"x","active":"yes"}`, "active", "")
 	post(`{"name":"x"} {}`, "body", "")
+	post(`{"name":"x"}}`, "body", "")
+	post(`{"name":"x"}]`, "body", "")
 	if list := wfItems(t, e.call(t, e.keyA, "GET", "/api/v1/workflows", "", 200)); len(list) != 0 {
 		t.Errorf("refused creates left workflows: %v", list)
 	}

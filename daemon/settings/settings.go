@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"sort"
@@ -222,6 +223,9 @@ func DecodePatch(body []byte) (Patch, error) {
 	}
 	if p == nil {
 		return nil, &ValidationError{Field: "body", Message: "want a JSON object of settings"}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, &ValidationError{Field: "body", Message: "trailing data after the JSON object"}
 	}
 	return p, nil
 }

@@ -40,6 +40,9 @@ func TestValidate(t *testing.T) {
 		{`{"draft_creation_enabled":1}`, "draft_creation_enabled"},
 		{`{"imap_username":7}`, "imap_username"},
 		{`{"IMAP_SERVER":"x"}`, "IMAP_SERVER"},
+		{`{"timezone":"UTC"} {}`, "body"},
+		{`{"timezone":"UTC"}}`, "body"},
+		{"{\"timezone\":\"UTC\"} \n", ""},
 	}
 	for _, tc := range cases {
 		p, err := DecodePatch([]byte(tc.body))
