@@ -130,6 +130,7 @@ type Poller struct {
 	runq     *runQueue    // due tenants, for the Config.Workers workers
 	interval atomic.Int64 // Config.Interval, changeable live (SIGHUP)
 	share    atomic.Int64 // the most leases this replica holds (balancing)
+	held     atomic.Int64 // holdings not yet ended, all tenants (leaseKeeper.renew)
 
 	mu      sync.Mutex
 	hosts   map[string]chan struct{} // per-host caps
@@ -275,21 +276,12 @@ func (p *Poller) balance(ctx context.Context) error {
 	return nil
 }
 
-// mayAcquire reports whether this replica may take one more lease.
+// mayAcquire reports whether this replica may take one more lease. It is
+// asked by every tenant without its lease at every renewal, so it counts
+// nothing: a count of holdings is kept as they start and end.
 func (p *Poller) mayAcquire() bool {
 	share := p.share.Load()
-	if share <= 0 {
-		return true // not computed yet
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := int64(0)
-	for _, t := range p.tenants {
-		if t.keeper.holding() != nil {
-			n++
-		}
-	}
-	return n < share
+	return share <= 0 || p.held.Load() < share // share <= 0: not computed yet
 }
 
 // leaveReplicas removes this replica's heartbeat on a clean stop.

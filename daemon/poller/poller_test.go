@@ -346,13 +346,22 @@ func TestIdleDetectsQuickly(t *testing.T) {
 }
 
 // TestLeaseSplitsUsers: two pollers (replicas) on one KV split the users
-// between them by the leases; when one stops, the other takes its users over.
+// between them by the leases; when one stops, the other takes its users
+// over, all of them: the replica that shed leases to make room counts them
+// out, so its fair share is not used up by holdings it gave away.
 func TestLeaseSplitsUsers(t *testing.T) {
-	srv := servers(t, map[string]string{"u1": "pw", "u2": "pw", "u3": "pw", "u4": "pw"})["memserver"]
+	// Eight users: a replica's fair share has a slack of one, so with two
+	// replicas the first sheds three, more than the slack.
+	const users = 8
+	accounts := map[string]string{}
+	for i := 1; i <= users; i++ {
+		accounts[fmt.Sprintf("u%d", i)] = "pw"
+	}
+	srv := servers(t, accounts)["memserver"]
 	f := newFixture(t)
 	var ids []userid.ID
 	var wfs []workflow.Workflow
-	for i := 1; i <= 4; i++ {
+	for i := 1; i <= users; i++ {
 		id, wf := f.user(t, fmt.Sprintf("u%d@example.com", i), srv, fmt.Sprintf("u%d", i), "pw", workflow.FilterRules{})
 		ids, wfs = append(ids, id), append(wfs, wf)
 	}
@@ -364,17 +373,16 @@ func TestLeaseSplitsUsers(t *testing.T) {
 	done1 := make(chan struct{})
 	go func() { p1.Run(ctx1); close(done1) }()
 	defer func() { stop1(); <-done1 }()
-	waitFor(t, "r1 holds all leases", 5*time.Second, func() bool { return leaseHolders(t, f.kv, ids)["r1"] == 4 })
+	waitFor(t, "r1 holds all leases", 5*time.Second, func() bool { return leaseHolders(t, f.kv, ids)["r1"] == users })
 	// A second replica joins: the first sheds leases down to its fair share,
 	// and the second takes them; a user is never held by both.
-	f.start(t, poller.Config{Owner: "r2", LeaseTTL: 600 * time.Millisecond})
+	stop2 := f.run(t, poller.Config{Owner: "r2", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, LeaseTTL: 600 * time.Millisecond}, newInbox(t), nil)
 	waitFor(t, "the users split between the replicas", 5*time.Second, func() bool {
 		h := leaseHolders(t, f.kv, ids)
-		return h["r1"] >= 1 && h["r2"] >= 1 && h["r1"]+h["r2"] == 4
+		return h["r1"] >= 1 && h["r2"] >= 1 && h["r1"]+h["r2"] == users
 	})
-	stop1()
-	<-done1
-	waitFor(t, "r2 takes over", 5*time.Second, func() bool { return leaseHolders(t, f.kv, ids)["r2"] == 4 })
+	stop2()
+	waitFor(t, "r1 takes over", 5*time.Second, func() bool { return leaseHolders(t, f.kv, ids)["r1"] == users })
 	for i, id := range ids {
 		waitFor(t, "baseline", 5*time.Second, f.baselined(id))
 		srv.deliver(t, fmt.Sprintf("u%d", i+1), message(i, "c@example.com", "after takeover"))

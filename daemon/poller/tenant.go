@@ -182,7 +182,7 @@ type leaseKeeper struct {
 
 	mu       sync.Mutex
 	hold     context.Context    // nil or ended: not held
-	cancel   context.CancelFunc // ends hold
+	cancel   context.CancelFunc // ends hold, and counts it out of Poller.held
 	expiry   *time.Timer        // ends hold when the lease may have expired
 	until    time.Time          // when the lease may expire, if it is ours
 	timer    *time.Timer        // fires tick
@@ -291,8 +291,17 @@ func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) (take
 		k.expiry.Reset(time.Until(until))
 		k.until = until
 	case ok:
+		if k.cancel != nil {
+			k.cancel() // the ended holding leaves the count, if it has not yet
+		}
 		k.until = until
-		k.hold, k.cancel = context.WithCancel(ctx)
+		hold, cancel := context.WithCancel(ctx)
+		var ended sync.Once
+		p.held.Add(1)
+		k.hold, k.cancel = hold, func() {
+			ended.Do(func() { p.held.Add(-1) })
+			cancel()
+		}
 		k.expiry = time.AfterFunc(time.Until(until), k.cancel)
 		if p.cfg.IDLE {
 			hold := k.hold
