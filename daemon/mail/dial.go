@@ -333,17 +333,14 @@ func (d *dialer) dial(ctx context.Context, opts DialOptions) (*imapclient.Client
 		}
 		c = imapclient.New(guardLines(rec.wrap(tconn), maxResponseLine), clientOpts)
 	case SecurityStartTLS:
-		// NewStartTLS waits for the greeting, sends STARTTLS and does the
-		// handshake; it closes conn itself on failure. Its TLS layer is
-		// inside imapclient, so its responses cannot be guarded
-		// (see maxResponseLine).
-		c, err = imapclient.NewStartTLS(rec.wrap(conn), clientOpts)
+		tconn, stage, err := d.startTLS(ctx, rec.wrap(conn), tlsConfig)
 		if err != nil {
-			if !rec.greetedOK() {
+			if stage == "greeting" {
 				return fail(nil, d.greetingError(ctx, rec, err))
 			}
 			return fail(nil, d.stageError(ctx, "starttls", err))
 		}
+		c = imapclient.New(guardLines(tconn, maxResponseLine), clientOpts)
 	default:
 		c = imapclient.New(guardLines(rec.wrap(conn), maxResponseLine), clientOpts)
 	}
@@ -550,11 +547,6 @@ func printable(s string, limit int) string {
 		}
 		return r
 	}, s)
-}
-
-func (r *greetingRecorder) greetedOK() bool {
-	line, complete := r.firstLine()
-	return complete && strings.HasPrefix(strings.ToUpper(line), "* OK")
 }
 
 func (d *dialer) tlsMessage(err error) string {
