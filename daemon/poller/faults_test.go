@@ -2,12 +2,19 @@ package poller_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/inboxd/inboxd/daemon/poller"
+	"github.com/inboxd/inboxd/daemon/storage/kv"
 	"github.com/inboxd/inboxd/daemon/userid"
 	"github.com/inboxd/inboxd/daemon/workflow"
 	"github.com/inboxd/inboxd/internal/faultproxy"
@@ -234,4 +241,68 @@ func TestIdleReconnectsAfterCut(t *testing.T) {
 	}
 	dove.Deliver(t, "idle-cut", message(2, "c@example.com", "while the watch is down"))
 	waitFor(t, "the second mail, once the watch is back", 15*time.Second, func() bool { return len(f.instances(t, id, wf)) == 2 })
+}
+
+// lostAnswersKV is a KV whose lease renewals (CompareAndSwap) are applied
+// and then answered with an error while lost is set: a KV outage that hides
+// the outcome. It counts the SetNX calls that take a lease.
+type lostAnswersKV struct {
+	kv.Store
+	lost     atomic.Bool
+	lostSeen atomic.Int64 // renewals answered with an error
+	setNXWon atomic.Int64
+}
+
+func (s *lostAnswersKV) CompareAndSwap(ctx context.Context, key, old, value string, ttl time.Duration) (bool, error) {
+	ok, err := s.Store.CompareAndSwap(ctx, key, old, value, ttl)
+	if s.lost.Load() && strings.HasPrefix(key, "lease:poll:") {
+		s.lostSeen.Add(1)
+		return false, errors.New("lostAnswersKV: connection reset (the command was applied)")
+	}
+	return ok, err
+}
+
+func (s *lostAnswersKV) SetNX(ctx context.Context, key, value string, ttl time.Duration) (bool, error) {
+	ok, err := s.Store.SetNX(ctx, key, value, ttl)
+	if ok && strings.HasPrefix(key, "lease:poll:") {
+		s.setNXWon.Add(1)
+	}
+	return ok, err
+}
+
+// TestLeaseRetakenAfterLostRenewals: renewals whose answers were lost end
+// the holding when its time is up (the replica cannot know it still holds
+// the lease), but the lease, extended by those very renewals, is still this
+// replica's; polling resumes by taking it back, not by waiting for it to
+// expire and winning it anew.
+func TestLeaseRetakenAfterLostRenewals(t *testing.T) {
+	srv := servers(t, map[string]string{"alice": "pw"})["memserver"]
+	f := newFixture(t)
+	a, _ := f.user(t, "alice@example.com", srv, "alice", "pw", workflow.FilterRules{})
+	store := &lostAnswersKV{Store: f.kv}
+	reg := prometheus.NewRegistry()
+	p, err := poller.New(poller.Config{Owner: "r1", Interval: 100 * time.Millisecond, Refresh: 50 * time.Millisecond, LeaseTTL: 3 * time.Second},
+		store, f.wf, f.settings, newInbox(t), slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "baseline", 10*time.Second, f.baselined(a))
+	if n := store.setNXWon.Load(); n != 1 {
+		t.Fatalf("lease taken %d times, want once", n)
+	}
+
+	store.lost.Store(true)
+	waitFor(t, "the holding to end", 20*time.Second, func() bool { return gauge(t, reg, "inboxd_tenants", poller.StateElsewhere) == 1 })
+	store.lost.Store(false)
+	if store.lostSeen.Load() == 0 {
+		t.Fatal("no renewal lost its answer")
+	}
+	waitFor(t, "polling to resume", 20*time.Second, func() bool { return gauge(t, reg, "inboxd_tenants", poller.StateActive) == 1 })
+	if n := store.setNXWon.Load(); n != 1 {
+		t.Errorf("lease won %d times with SetNX: it expired before being taken back, want it retaken while still ours", n)
+	}
 }

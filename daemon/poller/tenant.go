@@ -364,11 +364,17 @@ func (k *leaseKeeper) release() {
 }
 
 // holdLease takes or renews lease:poll:{uuid}. held says whether we held it.
+// A lease that is not free may still be this replica's: a renewal whose
+// answer was lost (a KV outage) extended it, but the holding ended with its
+// time. It is taken back at once rather than left idle until it expires.
 func (t *tenant) holdLease(ctx context.Context, held bool) (bool, error) {
 	p := t.p
 	key := leaseKey(t.id)
+	renew := func() (bool, error) {
+		return p.kv.CompareAndSwap(ctx, key, p.cfg.Owner, p.cfg.Owner, p.cfg.LeaseTTL)
+	}
 	if held {
-		ok, err := p.kv.CompareAndSwap(ctx, key, p.cfg.Owner, p.cfg.Owner, p.cfg.LeaseTTL)
+		ok, err := renew()
 		if err != nil {
 			// Unknown: keep polling only while the lease cannot have expired.
 			return false, err
@@ -377,7 +383,11 @@ func (t *tenant) holdLease(ctx context.Context, held bool) (bool, error) {
 			return true, nil
 		}
 	}
-	return p.kv.SetNX(ctx, key, p.cfg.Owner, p.cfg.LeaseTTL)
+	ok, err := p.kv.SetNX(ctx, key, p.cfg.Owner, p.cfg.LeaseTTL)
+	if ok || err != nil || held {
+		return ok, err
+	}
+	return renew()
 }
 
 // pollSlot runs on a worker: it waits for a slot of the user's IMAP host,
