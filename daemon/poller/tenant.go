@@ -185,6 +185,7 @@ type leaseKeeper struct {
 	cancel   context.CancelFunc // ends hold, and counts it out of Poller.held
 	expiry   *time.Timer        // ends hold when the lease may have expired
 	until    time.Time          // when the lease may expire, if it is ours
+	unknown  time.Time          // until when a renewal with a lost answer may have kept the lease ours
 	timer    *time.Timer        // fires tick
 	ticking  bool               // a tick is running
 	again    bool               // tick once more as soon as the current one ends
@@ -274,12 +275,21 @@ func (k *leaseKeeper) renew(ctx context.Context, renewEvery time.Duration) (take
 	if !held && !p.mayAcquire() {
 		return false // at our fair share: leave this user to another replica
 	}
+	k.mu.Lock()
+	mayBeOurs := sent.Before(k.unknown)
+	k.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, renewEvery)
-	ok, err := t.holdLease(rctx, held)
+	ok, err := t.holdLease(rctx, held, mayBeOurs)
 	cancel()
 	until := sent.Add(p.cfg.LeaseTTL - p.cfg.LeaseTTL/10)
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	switch {
+	case ok:
+		k.unknown = time.Time{}
+	case err != nil:
+		k.unknown = until
+	}
 	if ctx.Err() != nil {
 		if ok {
 			k.until = until // the tenant is stopping: release deletes what was just taken
@@ -363,18 +373,17 @@ func (k *leaseKeeper) release() {
 	}
 }
 
-// holdLease takes or renews lease:poll:{uuid}. held says whether we held it.
-// A lease that is not free may still be this replica's: a renewal whose
-// answer was lost (a KV outage) extended it, but the holding ended with its
-// time. It is taken back at once rather than left idle until it expires.
-func (t *tenant) holdLease(ctx context.Context, held bool) (bool, error) {
+// holdLease takes or renews lease:poll:{uuid}. held says whether we held
+// it; mayBeOurs, that a renewal whose answer was lost (a KV outage) may have
+// extended it past the end of our holding: such a lease is taken back at
+// once rather than left idle until it expires. Otherwise a lease not held
+// is only ever taken when free (SET NX), which is what
+// TestThreeReplicasSurviveAKill's recording checker reads.
+func (t *tenant) holdLease(ctx context.Context, held, mayBeOurs bool) (bool, error) {
 	p := t.p
 	key := leaseKey(t.id)
-	renew := func() (bool, error) {
-		return p.kv.CompareAndSwap(ctx, key, p.cfg.Owner, p.cfg.Owner, p.cfg.LeaseTTL)
-	}
-	if held {
-		ok, err := renew()
+	if held || mayBeOurs {
+		ok, err := p.kv.CompareAndSwap(ctx, key, p.cfg.Owner, p.cfg.Owner, p.cfg.LeaseTTL)
 		if err != nil {
 			// Unknown: keep polling only while the lease cannot have expired.
 			return false, err
@@ -383,11 +392,7 @@ func (t *tenant) holdLease(ctx context.Context, held bool) (bool, error) {
 			return true, nil
 		}
 	}
-	ok, err := p.kv.SetNX(ctx, key, p.cfg.Owner, p.cfg.LeaseTTL)
-	if ok || err != nil || held {
-		return ok, err
-	}
-	return renew()
+	return p.kv.SetNX(ctx, key, p.cfg.Owner, p.cfg.LeaseTTL)
 }
 
 // pollSlot runs on a worker: it waits for a slot of the user's IMAP host,
