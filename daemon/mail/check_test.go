@@ -1,8 +1,10 @@
 package mail
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"testing"
@@ -208,5 +210,54 @@ func TestConnCheckMailboxUIDValidity(t *testing.T) {
 	}
 	if st.UIDValidity != 4242 {
 		t.Fatalf("UIDVALIDITY %d after the change, want 4242", st.UIDValidity)
+	}
+}
+
+// TestCheckWithoutUIDNext: a server that omits UIDNEXT from STATUS and
+// EXAMINE still gets a UIDNEXT one past its newest UID (1 when empty), from
+// both forms of the check.
+func TestCheckWithoutUIDNext(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		uids     []int
+		wantNext uint32
+	}{{"empty", nil, 1}, {"two messages", []int{4, 9}, 10}} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := fakeServer(t, scripted("* OK ready", func(w io.Writer, _ *bufio.Reader, tag, cmd, args string) bool {
+				switch cmd {
+				case "LOGIN":
+					fmt.Fprintf(w, "%s OK logged in\r\n", tag)
+				case "STATUS":
+					fmt.Fprintf(w, "* STATUS INBOX (MESSAGES %d UIDVALIDITY 7)\r\n%s OK done\r\n", len(tc.uids), tag)
+				case "EXAMINE", "SELECT":
+					fmt.Fprintf(w, "* %d EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n%s OK [READ-ONLY] done\r\n", len(tc.uids), tag)
+				case "FETCH":
+					if len(tc.uids) > 0 {
+						fmt.Fprintf(w, "* %d FETCH (UID %d)\r\n", len(tc.uids), tc.uids[len(tc.uids)-1])
+					}
+					fmt.Fprintf(w, "%s OK done\r\n", tag)
+				default:
+					fmt.Fprintf(w, "%s BAD unexpected %s\r\n", tag, cmd)
+				}
+				return false
+			}))
+			acct := Account{Server: "127.0.0.1", Port: port, Security: SecurityNone, Username: "alice", Password: "pw"}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			p := newTestPool(t, PoolOptions{})
+			conn, err := p.Acquire(ctx, "alice-id", acct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Release()
+			pooled, err := conn.CheckMailbox(ctx, "INBOX")
+			if err != nil || pooled.UIDNext != tc.wantNext || pooled.UIDValidity != 7 {
+				t.Errorf("Conn.CheckMailbox: %+v, %v; want UIDNEXT %d", pooled, err, tc.wantNext)
+			}
+			status, err := CheckMailbox(ctx, conn.Client(), "INBOX")
+			if err != nil || status.UIDNext != tc.wantNext || status.UIDValidity != 7 {
+				t.Errorf("CheckMailbox: %+v, %v; want UIDNEXT %d", status, err, tc.wantNext)
+			}
+		})
 	}
 }

@@ -333,7 +333,7 @@ func (d *dialer) dial(ctx context.Context, opts DialOptions) (*imapclient.Client
 		}
 		c = imapclient.New(guardLines(rec.wrap(tconn), maxResponseLine), clientOpts)
 	case SecurityStartTLS:
-		tconn, stage, err := d.startTLS(ctx, rec.wrap(conn), tlsConfig)
+		tconn, stage, err := startTLS(ctx, rec.wrap(conn), tlsConfig)
 		if err != nil {
 			if stage == "greeting" {
 				return fail(nil, d.greetingError(ctx, rec, err))

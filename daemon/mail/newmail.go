@@ -43,16 +43,13 @@ func CheckMailbox(ctx context.Context, c *imapclient.Client, mailbox string) (Ma
 			return fmt.Errorf("mail: status %s: the server sent no UIDVALIDITY", mailbox)
 		}
 		if st.UIDNext == 0 {
-			// Some servers omit UIDNEXT: one past the newest UID means the same.
-			sel, err := examine(c, mailbox)
+			// Some servers omit UIDNEXT from STATUS: EXAMINE tells it, or
+			// the newest UID does.
+			sel, err := examineState(c, mailbox)
 			if err != nil {
 				return err
 			}
-			newest, err := newestSelectedUID(c, mailbox, sel.NumMessages)
-			if err != nil {
-				return err
-			}
-			st.UIDNext = newest + 1
+			st.UIDNext = sel.UIDNext
 		}
 		return nil
 	})
@@ -68,7 +65,7 @@ const selectionTrust = time.Minute
 // selection is a read-only selection of a mailbox that Conn.CheckMailbox
 // made on a pooled connection, and what the EXAMINE reported.
 type selection struct {
-	mailbox string // "": none
+	mailbox string // "": none (never a valid name)
 	changes uint64 // the connection's change count just before the EXAMINE
 	at      time.Time
 	state   MailboxState
@@ -77,7 +74,7 @@ type selection struct {
 // current reports whether the selection still tells the mailbox's state:
 // no EXISTS or EXPUNGE since, not too old.
 func (s *selection) current(mailbox string, changes uint64) bool {
-	return s.mailbox != "" && s.mailbox == mailbox && changes == s.changes && time.Since(s.at) < selectionTrust
+	return s.mailbox == mailbox && changes == s.changes && time.Since(s.at) < selectionTrust
 }
 
 // CheckMailbox returns what the package's CheckMailbox returns, but leaves
@@ -114,21 +111,9 @@ func (c *Conn) CheckMailbox(ctx context.Context, mailbox string) (MailboxState, 
 		// is a change at the next check (none is lost in between).
 		*s = selection{}
 		changes, at := pc.changes.Load(), time.Now()
-		sel, err := examine(client, mailbox)
-		if err != nil {
+		var err error
+		if st, err = examineState(client, mailbox); err != nil {
 			return err
-		}
-		st = MailboxState{UIDValidity: sel.UIDValidity, UIDNext: uint32(sel.UIDNext), Messages: sel.NumMessages}
-		if st.UIDValidity == 0 {
-			return fmt.Errorf("mail: examine %s: the server sent no UIDVALIDITY", mailbox)
-		}
-		if st.UIDNext == 0 {
-			// Some servers omit UIDNEXT: one past the newest UID means the same.
-			newest, err := newestSelectedUID(client, mailbox, sel.NumMessages)
-			if err != nil {
-				return err
-			}
-			st.UIDNext = newest + 1
 		}
 		*s = selection{mailbox: mailbox, changes: changes, at: at, state: st}
 		return nil
@@ -206,19 +191,28 @@ func leaveMailbox(c *imapclient.Client) error {
 	return nil
 }
 
-// newestSelectedUID returns the highest UID of mailbox, just selected with
-// numMessages messages (0 when it is empty).
-func newestSelectedUID(c *imapclient.Client, mailbox string, numMessages uint32) (uint32, error) {
-	if numMessages == 0 {
-		return 0, nil
-	}
-	msgs, err := c.Fetch(imap.SeqSet{imap.SeqRange{Start: 0, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()
+// examineState selects mailbox read-only and returns its state. Some
+// servers omit UIDNEXT: one past the newest UID means the same.
+func examineState(c *imapclient.Client, mailbox string) (MailboxState, error) {
+	sel, err := examine(c, mailbox)
 	if err != nil {
-		return 0, fmt.Errorf("mail: fetch newest UID of %s: %w", mailbox, err)
+		return MailboxState{}, err
 	}
-	var newest uint32
-	for _, m := range msgs {
-		newest = max(newest, uint32(m.UID))
+	st := MailboxState{UIDValidity: sel.UIDValidity, UIDNext: uint32(sel.UIDNext), Messages: sel.NumMessages}
+	if st.UIDValidity == 0 {
+		return MailboxState{}, fmt.Errorf("mail: examine %s: the server sent no UIDVALIDITY", mailbox)
 	}
-	return newest, nil
+	if st.UIDNext == 0 && st.Messages > 0 {
+		// The last message by number, not "*": go-imap matches a FETCH
+		// answer to its command by number, and cannot place one for "*".
+		msgs, err := c.Fetch(imap.SeqSetNum(st.Messages), &imap.FetchOptions{UID: true}).Collect()
+		if err != nil {
+			return MailboxState{}, fmt.Errorf("mail: fetch newest UID of %s: %w", mailbox, err)
+		}
+		for _, m := range msgs {
+			st.UIDNext = max(st.UIDNext, uint32(m.UID)+1)
+		}
+	}
+	st.UIDNext = max(st.UIDNext, 1) // empty: UID 1 comes next
+	return st, nil
 }

@@ -38,7 +38,7 @@ var errStartTLSPreauth = errors.New("server sent PREAUTH on an unencrypted conne
 // expects in front. A greeting that is not OK is an error of stage
 // "greeting" (rec holds it for the message); anything after it, of stage
 // "starttls".
-func (d *dialer) startTLS(ctx context.Context, conn net.Conn, config *tls.Config) (_ net.Conn, stage string, _ error) {
+func startTLS(ctx context.Context, conn net.Conn, config *tls.Config) (_ net.Conn, stage string, _ error) {
 	br := bufio.NewReaderSize(conn, 4096)
 	greeting, err := readPlainLine(br)
 	if err != nil {
@@ -49,32 +49,27 @@ func (d *dialer) startTLS(ctx context.Context, conn net.Conn, config *tls.Config
 	case strings.HasPrefix(upper, "* PREAUTH"):
 		return nil, "starttls", errStartTLSPreauth
 	case !strings.HasPrefix(upper, "* OK"):
-		return nil, "greeting", fmt.Errorf("greeting is not OK")
+		return nil, "greeting", errors.New("greeting is not OK")
 	}
 	if _, err := io.WriteString(conn, startTLSTag+" STARTTLS\r\n"); err != nil {
 		return nil, "starttls", err
 	}
-	for {
-		line, err := readPlainLine(br)
-		if err != nil {
-			return nil, "starttls", err
-		}
-		tag, rest, _ := strings.Cut(line, " ")
-		if tag == "*" {
-			continue // untagged data (CAPABILITY, ...): of no use before TLS
-		}
-		if tag != startTLSTag {
-			return nil, "starttls", fmt.Errorf("answer with an unknown tag: %q", printable(line, 100))
-		}
-		kind, text, _ := strings.Cut(rest, " ")
-		switch t := imap.StatusResponseType(strings.ToUpper(kind)); t {
-		case imap.StatusResponseTypeOK:
-		case imap.StatusResponseTypeNo, imap.StatusResponseTypeBad:
-			return nil, "starttls", &imap.Error{Type: t, Text: printable(text, 200)}
-		default:
-			return nil, "starttls", fmt.Errorf("unexpected answer to STARTTLS: %q", printable(line, 100))
-		}
-		break
+	line, err := readPlainLine(br)
+	for err == nil && strings.HasPrefix(line, "* ") {
+		line, err = readPlainLine(br) // untagged data (CAPABILITY, ...): of no use before TLS
+	}
+	if err != nil {
+		return nil, "starttls", err
+	}
+	tag, rest, _ := strings.Cut(line, " ")
+	kind, text, _ := strings.Cut(rest, " ")
+	switch t := imap.StatusResponseType(strings.ToUpper(kind)); {
+	case tag != startTLSTag:
+		return nil, "starttls", fmt.Errorf("answer with an unknown tag: %q", printable(line, 100))
+	case t == imap.StatusResponseTypeNo, t == imap.StatusResponseTypeBad:
+		return nil, "starttls", &imap.Error{Type: t, Text: printable(text, 200)}
+	case t != imap.StatusResponseTypeOK:
+		return nil, "starttls", fmt.Errorf("unexpected answer to STARTTLS: %q", printable(line, 100))
 	}
 	// The server speaks next only after the client's TLS hello: anything
 	// already here was sent in clear after the OK, and would be taken for
